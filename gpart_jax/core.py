@@ -70,15 +70,20 @@ class _Plan:
         self.__dict__.update(kw)
 
 
+@functools.partial(jax.jit, static_argnums=2)
+def _chunk_ids(hi, lo, d):
+    return hashing.stateless_ids_jax(jnp.arange(COUNT_CHUNK, dtype=jnp.uint32), (hi, lo), d)
+
+
 def _count_stateless(block: Block) -> np.ndarray:
     """Group sizes of one stateless block: one chunked counting pass over its positions."""
+    if block.num_positions <= COUNT_CHUNK:  # small: numpy, no compilation
+        ids = hashing.group_ids(0, block.num_positions, block.d, block.seed)
+        return np.bincount(ids, minlength=block.d).astype(np.int64)
     counts = np.zeros(block.d, dtype=np.int64)
-    ids_of_chunk = jax.jit(
-        lambda hi, lo: hashing.stateless_ids_jax(
-            jnp.arange(COUNT_CHUNK, dtype=jnp.uint32), (hi, lo), block.d))
     for start in range(0, block.num_positions, COUNT_CHUNK):
         base = (start + block.seed + hashing.GOLDEN_GAMMA) & hashing.MASK64
-        ids = np.asarray(ids_of_chunk(np.uint32(base >> 32), np.uint32(base & 0xFFFFFFFF)))
+        ids = np.asarray(_chunk_ids(np.uint32(base >> 32), np.uint32(base & 0xFFFFFFFF), block.d))
         valid = min(COUNT_CHUNK, block.num_positions - start)
         counts += np.bincount(ids[:valid], minlength=block.d)
     return counts
@@ -262,8 +267,7 @@ class GPart:
         )
         gp = cls(plan, jnp.asarray(_scales(sizes, isometric)), tables, None)
         if materialize:
-            gp._ids = tuple(jax.jit(functools.partial(gp._recompute_ids, i))()
-                            for i in range(len(layout)))
+            gp._ids = jax.jit(GPart._all_recomputed_ids)(gp)
         return gp
 
     # ------------------------------------------------------------------ properties
@@ -304,8 +308,11 @@ class GPart:
         else:
             k = plan.leaf_block[i]
             ids = hashing.balanced_ids_jax(local + np.uint32(offset), plan.keys[k],
-                                           self._tables[k], block.d)
+                                           jnp.asarray(self._tables[k]), block.d)
         return ids + np.int32(block.theta_offset) if block.theta_offset else ids
+
+    def _all_recomputed_ids(self) -> tuple:
+        return tuple(self._recompute_ids(i) for i in range(len(self.layout)))
 
     def _leaf_ids(self, i: int):
         return self._ids[i] if self._ids is not None else self._recompute_ids(i)
@@ -317,8 +324,9 @@ class GPart:
         include each block's theta offset.
         """
         out = []
-        for i, entry in enumerate(self.layout):
-            ids = np.asarray(jax.jit(lambda j=i: self._leaf_ids(j))())
+        all_ids = self._ids if self._ids is not None else jax.jit(GPart._all_recomputed_ids)(self)
+        for entry, ids in zip(self.layout, all_ids):
+            ids = np.asarray(ids)
             ids = ids.T if entry.element_order == "torch" else ids
             out.append(ids.reshape(-1).astype(np.int64))
         return np.concatenate(out)
@@ -424,7 +432,8 @@ class GPart:
                                 for k, b in enumerate(self._plan.blocks))
             plan.keys = tuple(hashing.BalancedKeys(b.num_positions, b.seed) for b in plan.blocks)
             plan.variants = {}
-            tables = tuple(jnp.asarray(hashing.walk_table(k)) for k in plan.keys)
+            # numpy, not jax arrays: this may run while tracing, and the cache outlives the trace
+            tables = tuple(hashing.walk_table(k) for k in plan.keys)
             variants[seed] = (plan, tables)
         plan, tables = variants[seed]
         return GPart(plan, self.scales, tables, None)

@@ -196,9 +196,9 @@ class LayoutEntry:
     """One adapted leaf: its path, shape, element order and whether it is a kernel's bias.
 
     ``element_order="native"`` enumerates the array in its own row-major order. ``"torch"``
-    applies to 2-D kernels stored ``(in, out)`` (flax's convention): they are enumerated as the
-    PyTorch weight ``(out, in)`` row-major, so element ``(a, b)`` has local index ``b * in + a``.
-    Leaves of any other rank (biases, embeddings, 3-D kernels) are always native.
+    applies to 2-D leaves named ``kernel``, stored ``(in, out)`` (flax's convention): they are
+    enumerated as the PyTorch weight ``(out, in)`` row-major, so element ``(a, b)`` has local
+    index ``b * in + a``. Every other leaf (biases, embeddings, kernels of other ranks) is native.
     """
 
     path: str
@@ -254,7 +254,8 @@ def build_layout(
     entries = []
     for path in ordered:
         shape = shapes[path]
-        leaf_order = "torch" if element_order == "torch" and len(shape) == 2 else "native"
+        is_kernel = path.rsplit("/", 1)[-1] == "kernel" and len(shape) == 2
+        leaf_order = "torch" if element_order == "torch" and is_kernel else "native"
         entries.append(LayoutEntry(path, shape, leaf_order, False))
         if bias:
             bpath = _bias_path(path)
