@@ -459,10 +459,25 @@ def reparam(theta, seed: int, base_params, *, plan: GPart):
 
 # --------------------------------------------------------------------------- custom VJP
 
+def _gather(table, ids):
+    """``table[ids]`` for in-range ids of any shape (no index normalisation pass)."""
+    dnums = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
+                                       start_index_map=(0,))
+    return lax.gather(table, ids[..., None], dnums, slice_sizes=(1,),
+                      mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
+def _scatter_add(acc, ids, updates):
+    """``acc[ids] += updates`` for in-range ids of the updates' shape (no reshape or copy)."""
+    dnums = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
+                                        scatter_dims_to_operand_dims=(0,))
+    return lax.scatter_add(acc, ids[..., None], updates, dnums,
+                           mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+
+
 def _expand_impl(gp: GPart, theta):
     table = theta * gp.scales
-    return tuple(table.at[gp._leaf_ids(i)].get(mode="promise_in_bounds")
-                 for i in range(len(gp.layout)))
+    return tuple(_gather(table, gp._leaf_ids(i)) for i in range(len(gp.layout)))
 
 
 @jax.custom_vjp
@@ -477,11 +492,9 @@ def _expand_fwd(gp, theta):
 def _expand_bwd(gp, cotangents):
     summed = jnp.zeros((gp.d,), jnp.float32)
     for i, g in enumerate(cotangents):
-        ids = gp._leaf_ids(i)
-        summed = summed.at[ids.reshape(-1)].add(g.reshape(-1).astype(jnp.float32),
-                                                mode="promise_in_bounds")
+        summed = _scatter_add(summed, gp._leaf_ids(i), g.astype(jnp.float32))
     gp_zero = jax.tree_util.tree_map(
-        lambda x: None if x is None else jnp.zeros_like(x) if jnp.issubdtype(x.dtype, jnp.floating)
+        lambda x: jnp.zeros_like(x) if jnp.issubdtype(x.dtype, jnp.floating)
         else np.zeros(x.shape, jax.dtypes.float0), gp)
     return gp_zero, summed * gp.scales
 
