@@ -20,7 +20,6 @@ import functools
 import math
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -325,7 +324,7 @@ class GPart:
         """
         out = []
         all_ids = self._ids if self._ids is not None else jax.jit(GPart._all_recomputed_ids)(self)
-        for entry, ids in zip(self.layout, all_ids):
+        for entry, ids in zip(self.layout, all_ids, strict=True):
             ids = np.asarray(ids)
             ids = ids.T if entry.element_order == "torch" else ids
             out.append(ids.reshape(-1).astype(np.int64))
@@ -398,7 +397,7 @@ class GPart:
             raise ValueError("reparam: dropout > 0 needs a PRNG key (key=...)")
         deltas = self.deltas(theta)
         leaves = [leaf for _, leaf in flat]
-        for i, (entry, delta) in enumerate(zip(self.layout, deltas)):
+        for i, (entry, delta) in enumerate(zip(self.layout, deltas, strict=True)):
             j = index[entry.path]
             w0 = leaves[j]
             if dropout > 0 and not entry.is_bias:

@@ -173,7 +173,7 @@ def select_targets(
         pattern = layer_pattern or DEFAULT_LAYER_PATTERN
         chosen = [p for p in chosen if (li := layer_index(p, pattern)) is not None and li[0] in wanted]
     if not chosen:
-        available = [f"{p} {tuple(getattr(l, 'shape', ()))}" for p, l in flat]
+        available = [f"{p} {tuple(getattr(leaf, 'shape', ()))}" for p, leaf in flat]
         shown = "\n  ".join(available[:200])
         more = f"\n  ... and {len(available) - 200} more" if len(available) > 200 else ""
         extra = f" in layers {sorted(layers)}" if layers is not None else ""

@@ -91,7 +91,8 @@ def test_balanced_golden_vectors():
         keys = hashing.BalancedKeys(n_total, seed)
         table = jnp.asarray(hashing.walk_table(keys))
         positions = jnp.asarray(np.arange(start, start + numel, dtype=np.uint32))
-        got = jax.jit(lambda p, t: hashing.balanced_ids_jax(p, keys, t, d))(positions, table)
+        got = jax.jit(lambda p, t, keys=keys, d=d: hashing.balanced_ids_jax(p, keys, t, d))(
+            positions, table)
         np.testing.assert_array_equal(np.asarray(got), expected)
 
 

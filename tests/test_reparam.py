@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
-from jax.ad_checkpoint import print_saved_residuals
 from jax._src.ad_checkpoint import saved_residuals
+from jax.ad_checkpoint import print_saved_residuals
 
 import gpart_jax as gj
 
@@ -234,7 +234,7 @@ def test_dropout_on_kernel_deltas_only():
     b = gp.reparam(theta, params, dropout=0.5, key=key)
     jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)  # deterministic given the key
     deltas = gp.deltas(theta)
-    for e, delta in zip(gp.layout, deltas):
+    for e, delta in zip(gp.layout, deltas, strict=True):
         got = np.asarray(get(a, e.path)) - np.asarray(get(params, e.path))
         if e.is_bias:
             np.testing.assert_allclose(got, delta, atol=1e-6)
@@ -301,7 +301,7 @@ def test_nnx_model_round_trip():
         return nnx.merge(graphdef, gp.reparam(theta, state))(x)
 
     out = jax.jit(forward)(theta)
-    dense = {e.path: np.asarray(v) for e, v in zip(gp.layout, gp.deltas(theta))}
+    dense = {e.path: np.asarray(v) for e, v in zip(gp.layout, gp.deltas(theta), strict=True)}
     ref_model = nnx.merge(graphdef, state)
     for i, layer in enumerate(ref_model.layers):
         layer.kernel.set_value(layer.kernel.get_value() + dense[f"layers/{i}/kernel"])
