@@ -42,6 +42,32 @@ from gpart_jax.layout import (
 )
 
 SCHEMES = ("stateless", "balanced")
+
+
+class LayoutMismatchError(ValueError):
+    """Params whose adapted paths, shapes or order differ from an adapter's layout."""
+
+
+def layout_diff(expected, actual, limit: int = 5) -> list[str]:
+    """The first differences between two layouts, entry by entry, as readable lines."""
+    out = []
+    for i in range(max(len(expected), len(actual))):
+        a = expected[i] if i < len(expected) else None
+        b = actual[i] if i < len(actual) else None
+        if a == b:
+            continue
+        if a is None:
+            out.append(f"entry {i}: unexpected {b.path} {b.shape}")
+        elif b is None:
+            out.append(f"entry {i}: missing {a.path} {a.shape}")
+        elif a.path != b.path:
+            out.append(f"entry {i}: expected {a.path}, found {b.path}")
+        else:
+            out.append(f"{a.path}: expected shape {a.shape} ({a.element_order}), found {b.shape} "
+                       f"({b.element_order})")
+        if len(out) >= limit:
+            break
+    return out
 SCOPES = ("global", "transformer_block")
 ADAPTED_DTYPES = ("float32", "base")
 COUNT_CHUNK = 2**20
@@ -262,6 +288,7 @@ class GPart:
             scope=scope, materialize=bool(materialize), adapted_dtype=adapted_dtype,
             blocks=tuple(blocks), leaf_block=tuple(leaf_block), leaf_offset=tuple(leaf_offset),
             keys=keys, group_sizes=sizes, num_adapted=n_total, num_empty_groups=num_empty,
+            layer_pattern=layer_pattern,
             fingerprint=fingerprint(layout, d, scheme, scope), variants={},
         )
         gp = cls(plan, jnp.asarray(_scales(sizes, isometric)), tables, None)
@@ -288,6 +315,48 @@ class GPart:
                                 doc="Groups with n_j = 0 (stateless only).")
     fingerprint = property(lambda self: self._plan.fingerprint,
                            doc="sha256 of the canonical JSON of (layout, d, scheme, scope).")
+
+    def spec(self) -> dict:
+        """JSON-able description from which ``GPart.from_spec`` rebuilds this plan on a base.
+
+        Big integers (the seed) are written as decimal strings so that no JSON reader rounds them.
+        """
+        return {"d": self.d, "seed": str(self.seed), "scheme": self.scheme,
+                "isometric": self.isometric, "scope": self.scope,
+                "layer_pattern": self._plan.layer_pattern, "adapted_dtype": self.adapted_dtype,
+                "materialize": self.materialize,
+                "layout": [e.to_json() for e in self.layout], "fingerprint": self.fingerprint}
+
+    @classmethod
+    def from_spec(cls, base_params, spec: dict, **overrides) -> GPart:
+        """Rebuild a plan from ``spec()`` on ``base_params``; its layout must match exactly.
+
+        Raises ``LayoutMismatchError`` naming the first paths that differ (missing, other shape).
+        ``overrides`` may change ``materialize`` or ``adapted_dtype`` (not the partition).
+        """
+        layout = tuple(LayoutEntry.from_json(item) for item in spec["layout"])
+        problems = describe_mismatch(layout, base_params)
+        if problems:
+            raise LayoutMismatchError("the base params do not have the layout this adapter was "
+                                      "trained on: " + "; ".join(problems))
+        kernels = [e.path for e in layout if not e.is_bias]
+        wanted = set(kernels)
+        options = dict(
+            d=int(spec["d"]), seed=int(spec["seed"]), scheme=spec["scheme"],
+            isometric=bool(spec["isometric"]), scope=spec["scope"],
+            layer_pattern=spec.get("layer_pattern"), materialize=bool(spec.get("materialize")),
+            adapted_dtype=spec.get("adapted_dtype", "float32"),
+            element_order="torch" if any(e.element_order == "torch" for e in layout) else "native",
+            bias=any(e.is_bias for e in layout), order=kernels, warn_empty=False)
+        options.update(overrides)
+        gp = cls.create(base_params, targets=lambda path, leaf: path in wanted, **options)
+        if gp.layout != layout:
+            raise LayoutMismatchError("rebuilt layout differs from the stored one: "
+                                      + "; ".join(layout_diff(layout, gp.layout)))
+        if gp.fingerprint != spec["fingerprint"]:
+            raise LayoutMismatchError(f"fingerprint {gp.fingerprint} differs from the stored "
+                                      f"{spec['fingerprint']}")
+        return gp
 
     def __repr__(self) -> str:
         return (f"GPart(d={self.d}, N={self.num_adapted}, seed={self.seed}, scheme={self.scheme!r}, "

@@ -1,0 +1,50 @@
+"""Rewrite the README's result tables from the committed result files.
+
+    python experiments/render_readme.py
+
+Each table sits between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->`` and is produced by the
+``render`` function of the script that wrote its JSON; ``tests/test_readme.py`` checks that the
+README and the files agree.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import pathlib
+import re
+
+ROOT = pathlib.Path(__file__).parent.parent
+BLOCKS = {  # README block -> (script, result file)
+    "bench": ("bench_reparam", "bench_reparam.json"),
+    "bf16": ("bf16_delta", "bf16_delta.json"),
+    "size": ("adapter_size", "adapter_size.json"),
+}
+
+
+def load_script(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def rendered(block: str) -> str:
+    script, result = BLOCKS[block]
+    doc = json.loads((ROOT / "experiments" / "results" / result).read_text())
+    return load_script(script).render(doc)
+
+
+def main():
+    path = ROOT / "README.md"
+    text = path.read_text()
+    for block in BLOCKS:
+        pattern = re.compile(rf"(<!-- {block}:start -->\n).*?(\n<!-- {block}:end -->)", re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no {block} block")
+        text = pattern.sub(lambda m, b=block: m.group(1) + rendered(b) + m.group(2), text)
+    path.write_text(text)
+
+
+if __name__ == "__main__":
+    main()
