@@ -1,0 +1,123 @@
+"""Run configs: Python files with ``get_config()`` returning an ``ml_collections.ConfigDict``.
+
+    gpart-jax train --config configs/minilm_rt_gpart.py --config.method.d=2880 --config.seed=3
+
+Overrides are ``--config.<dotted key>=<value>``; the value is parsed by the type of the key's
+current value (int, float, bool, str, tuple/list as comma-separated or a Python literal, None
+only where the default is None). A key that does not exist is an error that lists the keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import hashlib
+import importlib.util
+import json
+import pathlib
+
+import ml_collections
+
+ROOT = pathlib.Path(__file__).parent.parent
+DEFAULT_CONFIG = ROOT / "configs" / "minilm_rt_gpart.py"
+# Keys that change where or how verbosely a run happens, not what it computes.
+NON_SEMANTIC = ("workdir", "progress", "log_every")
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message says how to fix it."""
+
+
+def load_file(path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found; configs live in {ROOT / 'configs'}")
+    spec = importlib.util.spec_from_file_location(f"gpart_config_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise ConfigError(f"config file {path} has no get_config() function")
+    cfg = module.get_config()
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
+    return cfg
+
+
+def _all_keys(cfg, prefix="") -> list[str]:
+    keys = []
+    for k, v in cfg.items():
+        if isinstance(v, ml_collections.ConfigDict):
+            keys += _all_keys(v, f"{prefix}{k}.")
+        else:
+            keys.append(prefix + k)
+    return keys
+
+
+def _parse(text: str, current, key: str):
+    if isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise ConfigError(f"--config.{key} expects true or false, got {text!r}")
+    if isinstance(current, int):
+        try:
+            return int(text.replace("_", ""))
+        except ValueError:
+            raise ConfigError(f"--config.{key} expects an integer, got {text!r}") from None
+    if isinstance(current, float):
+        try:
+            return float(text)
+        except ValueError:
+            raise ConfigError(f"--config.{key} expects a number, got {text!r}") from None
+    if isinstance(current, (tuple, list)):
+        try:
+            value = ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            value = tuple(t for t in text.split(",") if t)
+        if isinstance(value, (str, int, float)):
+            value = (value,)
+        return type(current)(value)
+    if current is None:
+        if text.lower() == "none":
+            return None
+        try:
+            return ast.literal_eval(text)
+        except (ValueError, SyntaxError):
+            return text
+    return text
+
+
+def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
+    """Apply ``--config.a.b=value`` strings to ``cfg`` (a copy is returned)."""
+    cfg = ml_collections.ConfigDict(cfg.to_dict())
+    keys = _all_keys(cfg)
+    for item in overrides:
+        if not item.startswith("--config.") or "=" not in item:
+            raise ConfigError(f"cannot read {item!r}: overrides look like --config.key=value")
+        key, text = item[len("--config."):].split("=", 1)
+        if key not in keys:
+            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(keys))}")
+        node = cfg
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        value = _parse(text, node[leaf], key)
+        try:
+            with node.unlocked():
+                node[leaf] = value
+        except TypeError as e:
+            raise ConfigError(f"--config.{key}: {e}") from None
+    return cfg
+
+
+def load_config(path=None, overrides: list[str] | None = None) -> ml_collections.ConfigDict:
+    """The config of ``path`` (default: the embedded default) with ``overrides`` applied."""
+    return apply_overrides(load_file(path or DEFAULT_CONFIG), overrides or [])
+
+
+def fingerprint(cfg: ml_collections.ConfigDict) -> str:
+    """sha256 of the config's canonical JSON, without keys that do not change the result."""
+    doc = cfg.to_dict()
+    for key in NON_SEMANTIC:
+        doc.pop(key, None)
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
