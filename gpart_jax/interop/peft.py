@@ -280,6 +280,13 @@ def _safetensors_shapes(path: Path, what: str) -> dict[str, tuple[int, ...]]:
                            f"truncated or corrupted") from None
 
 
+def _umask_mode(mode: int) -> int:
+    """``mode`` less the process umask (temporary files are created private; outputs are not)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
 def _atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
     """Write ``path`` through a temporary file in its directory, then ``os.replace`` it."""
     path = Path(path)
@@ -289,6 +296,7 @@ def _atomic_file(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, _umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -310,6 +318,8 @@ def _atomic_dir(out_dir: Path, files: Mapping[str, Callable[[Path], None]], over
     try:
         for name, write in files.items():
             write(tmp / name)
+            os.chmod(tmp / name, _umask_mode(0o666))
+        os.chmod(tmp, _umask_mode(0o777))
         if not out_dir.exists():
             os.rename(tmp, out_dir)
         else:
@@ -1070,6 +1080,18 @@ IMPORT_SAVED = "saved.safetensors"
 IMPORT_FORMAT = "gpart-jax/reference-plan/1"
 
 
+def _json_lines(doc: Mapping[str, Any]) -> str:
+    """JSON with one top-level key a line and one list item (module, layout entry) a line."""
+    lines = []
+    for key, value in doc.items():
+        if isinstance(value, list) and value and isinstance(value[0], (list, dict)):
+            items = ",\n".join("  " + json.dumps(v) for v in value)
+            lines.append(f" {json.dumps(key)}: [\n{items}\n ]")
+        else:
+            lines.append(f" {json.dumps(key)}: {json.dumps(value, sort_keys=True)}")
+    return "{\n" + ",\n".join(lines) + "\n}\n"
+
+
 def import_to_dir(adapter_dir: str | os.PathLike, base: str | os.PathLike, out_dir: str | os.PathLike,
                   *, module_order: ModuleOrder = "auto", prefix: str = "",
                   overwrite: bool = False) -> Path:
@@ -1099,7 +1121,7 @@ def import_to_dir(adapter_dir: str | os.PathLike, base: str | os.PathLike, out_d
     }
     from safetensors.numpy import save_file
 
-    text = json.dumps(doc, indent=1) + "\n"
+    text = _json_lines(doc)
     saved = {k: np.ascontiguousarray(v) for k, v in adapter.saved.items()}
     return _atomic_dir(Path(out_dir), {
         IMPORT_JSON: lambda p: p.write_text(text),
