@@ -508,6 +508,14 @@ def test_adapter_trained_in_jax_exports_to_the_reference_layout(tmp_path):
     # The recorded shapes refuse a base of another width.
     with pytest.raises(InteropError, match="does not belong to this base"):
         peft.merge_state_dict(out, bert_sd(n_layers=3, hidden=8))
+    wide_params, wide_map = to_flax(bert_sd(n_layers=3, hidden=8))
+    with pytest.raises(InteropError, match="does not belong to this base"):
+        peft.plan_flax(out, wide_params, wide_map)
+    # and imports back onto the flax params it was trained on, theta and head unchanged
+    back = peft.plan_flax(out, params, name_map)
+    np.testing.assert_array_equal(back.theta, np.asarray(theta))
+    np.testing.assert_array_equal(back.saved["params/classifier/kernel"], np.full((4, 2), 0.5, np.float32))
+    assert back.create_gpart(params).fingerprint == gp.fingerprint
 
 
 def test_export_refuses_what_the_reference_cannot_rebuild(tmp_path, minilm):

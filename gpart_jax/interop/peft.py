@@ -926,10 +926,10 @@ def plan_flax(source: GPartConfig | ReferenceAdapter | str | os.PathLike, flax_p
       layer_pattern: ``GPart.create``'s pattern for flax block names, with
         ``partition_scope="transformer_block"`` (default: the core's).
     """
-    if isinstance(source, GPartConfig):
+    adapter = None if isinstance(source, GPartConfig) else _as_adapter(source)
+    if adapter is None:
         config, theta, saved_torch = source, None, {}
     else:
-        adapter = _as_adapter(source)
         config, theta, saved_torch = adapter.config, adapter.theta, dict(adapter.saved)
     name_map = dict(name_map)
     _invert(name_map)
@@ -943,6 +943,8 @@ def plan_flax(source: GPartConfig | ReferenceAdapter | str | os.PathLike, flax_p
         shapes[torch_name] = _torch_shape(torch_name, flax_path,
                                           tuple(getattr(flat[flax_path], "shape", ())), fifo)
     ref = plan_modules(config, shapes, module_order=module_order, prefix="")
+    if adapter is not None:
+        _check_recorded(adapter, ref)
     order = []
     for m, bs in zip(ref.modules, ref.bias_shapes, strict=True):
         kernel = name_map[m + ".weight"]
