@@ -246,9 +246,20 @@ class GPartConfig:
 
 # --------------------------------------------------------------------------- files
 
+def _safetensors():
+    """The ``safetensors`` package (with its numpy API), or an error that says how to install it."""
+    try:
+        import safetensors
+        import safetensors.numpy  # noqa: F401
+    except ImportError:
+        raise InteropError("reading and writing PEFT adapters needs the safetensors package: "
+                           "pip install 'safetensors>=0.4'") from None
+    return safetensors
+
+
 def _read_safetensors(path: Path, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """All tensors and the metadata of a safetensors file, or a clear error."""
-    from safetensors import safe_open
+    safe_open = _safetensors().safe_open
 
     if not path.is_file():
         raise InteropError(f"{what} {path} does not exist")
@@ -268,7 +279,7 @@ def _read_safetensors(path: Path, what: str) -> tuple[dict[str, np.ndarray], dic
 
 def _safetensors_shapes(path: Path, what: str) -> dict[str, tuple[int, ...]]:
     """Shapes of the tensors of a safetensors file, read from its header only."""
-    from safetensors import safe_open
+    safe_open = _safetensors().safe_open
 
     if not path.is_file():
         raise InteropError(f"{what} {path} does not exist")
@@ -444,7 +455,7 @@ def save_adapter(out_dir: str | os.PathLike, adapter: ReferenceAdapter, *,
     ``{"format": "pt"}`` (plus the recorded module shapes when ``adapter.modules`` is set). Both
     files are written to a temporary directory first, so an error leaves no partial output.
     """
-    from safetensors.numpy import save_file
+    save_file = _safetensors().numpy.save_file
 
     tensors = {THETA_KEY: np.ascontiguousarray(adapter.theta)}
     for k, v in adapter.saved.items():
@@ -773,7 +784,7 @@ def merge_file(adapter_dir: str | os.PathLike, base: str | os.PathLike, out: str
     Everything is validated and computed before ``out`` is written, through a temporary file in
     its directory that replaces it atomically: an error leaves no (partial) output.
     """
-    from safetensors.numpy import save_file
+    save_file = _safetensors().numpy.save_file
 
     adapter = load_adapter(adapter_dir)
     state, _ = _read_safetensors(Path(base), "base weights")
@@ -1121,7 +1132,7 @@ def import_to_dir(adapter_dir: str | os.PathLike, base: str | os.PathLike, out_d
         "blocks": [dataclasses.asdict(b) for b in gp.blocks],
         "peft_config": adapter.config.to_dict(),
     }
-    from safetensors.numpy import save_file
+    save_file = _safetensors().numpy.save_file
 
     text = _json_lines(doc)
     saved = {k: np.ascontiguousarray(v) for k, v in adapter.saved.items()}
