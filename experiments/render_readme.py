@@ -19,6 +19,7 @@ BLOCKS = {  # README block -> (script, result file)
     "bench": ("bench_reparam", "bench_reparam.json"),
     "bf16": ("bf16_delta", "bf16_delta.json"),
     "size": ("adapter_size", "adapter_size.json"),
+    "peft": ("peft_golden", "peft_golden.json"),
 }
 
 
