@@ -1,7 +1,9 @@
 """Every method behind one protocol: defining identities against dense float64 references,
 geometry (isometric vs bilinear), one training loop for all, budgets and counts, errors."""
 
+import importlib.util
 import json
+import pathlib
 
 import flax.linen as nn
 import jax
@@ -404,6 +406,24 @@ def test_counts_quote_trainable_numbers_and_bytes():
     assert "| head-only | 0 | 14 |" in table
 
 
+def test_method_counts_result_file_is_current_and_matches_the_paper():
+    root = pathlib.Path(__file__).parent.parent
+    spec = importlib.util.spec_from_file_location("method_counts", root / "experiments" / "method_counts.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    doc = json.loads((root / "experiments" / "results" / "method_counts.json").read_text())
+    fresh = script.measure({"MiniLM-L6-H384": script.MODELS["MiniLM-L6-H384"]})
+    assert [r for r in doc["rows"] if r["model"] == "MiniLM-L6-H384"] == fresh["rows"]
+    rows = {(r["model"], r["method"]): r["trainable"] for r in doc["rows"]}
+    # The GPart paper's GLUE counts on RoBERTa q,v: LoRA 294K / 786K, VeRA 43K, GPart 23K.
+    base, large = script.encoder_shapes(12, 768), script.encoder_shapes(24, 1024)
+    assert rows["RoBERTa-base", "lora"] == M.lora_params(base, TARGETS, r=8) == 294_912
+    assert rows["RoBERTa-large", "lora"] == M.lora_params(large, TARGETS, r=8) == 786_432
+    assert rows["RoBERTa-base", "vera"] == M.build("vera", base, r=1024, targets=TARGETS).num_trainable
+    assert rows["RoBERTa-base", "vera"] == 43_008
+    assert rows["RoBERTa-base", "gpart"] == rows["RoBERTa-large", "unilora"] == 23_040
+
+
 # --------------------------------------------------------------------------- dtypes and errors
 
 def test_adapted_dtype_of_a_bf16_base():
@@ -413,6 +433,31 @@ def test_adapted_dtype_of_a_bf16_base():
         out = method.apply(method.init(jax.random.key(0)), params)
         assert out["params"]["layer_0"]["query"]["kernel"].dtype == expected
         assert out["params"]["embed"].dtype == jnp.bfloat16
+
+
+def test_methods_work_on_nnx_state():
+    from flax import nnx
+
+    class Net(nnx.Module):
+        def __init__(self, rngs):
+            self.query = nnx.Linear(6, 5, rngs=rngs)
+            self.value = nnx.Linear(6, 4, rngs=rngs)
+
+    graphdef, state = nnx.split(Net(nnx.Rngs(0)))
+    linen_like = {"query": {"kernel": state["query"]["kernel"][...]},
+                  "value": {"kernel": state["value"]["kernel"][...]}}
+    for name in ("lora", "unilora", "vera", "fastfood", "full"):
+        opts = {k: v for k, v in SMALL_OPTIONS[name].items() if k != "targets"}
+        method = M.build(name, state, targets=("query/kernel", "value/kernel"), seed=1, **opts)
+        assert method.target_paths == ("query/kernel", "value/kernel")
+        adapter = method.init(jax.random.key(0))
+        if name == "lora":
+            adapter = jax.tree_util.tree_map(lambda x: x + 0.1, adapter)
+        new = nnx.state(nnx.merge(graphdef, jax.jit(method.apply)(adapter, state)))
+        ref = M.build(name, linen_like, targets=("query/kernel", "value/kernel"), seed=1, **opts)
+        expected = jax.jit(ref.apply)(adapter, linen_like)
+        for p in method.target_paths:
+            np.testing.assert_allclose(new[p.split("/")[0]]["kernel"][...], get(expected, p), atol=1e-6)
 
 
 def test_bad_inputs_name_the_argument():
