@@ -23,6 +23,7 @@ factors need not give equal steps in the weights (the GPart paper's argument, me
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 import jax
@@ -78,7 +79,7 @@ class LoRA(Method):
         r = check_positive_int(r, "r (LoRA rank)")
         if alpha is None:
             alpha = float(r)
-        if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or alpha <= 0:
+        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha > 0:
             raise ValueError(f"alpha must be a positive number, got {alpha!r}")
         check_adapted_dtype(adapted_dtype)
         shapes = targeted_leaves(base_params, targets, exclude=exclude, layers=layers,
