@@ -1,7 +1,8 @@
 """Trainable numbers and stored bytes of every method on the query/value kernels of three encoders.
 
     python experiments/method_counts.py            # writes experiments/results/method_counts.json
-    python experiments/method_counts.py --render   # prints the README table from it
+    python experiments/method_counts.py --render   # prints the table from it
+    python experiments/method_counts.py --render RoBERTa-base   # only that model's rows (README)
 
 Shapes only (``jax.ShapeDtypeStruct``, nothing downloaded): MiniLM-L6-H384 (6 layers of
 384 x 384), RoBERTa-base (12 x 768 x 768) and RoBERTa-large (24 x 1024 x 1024), targets
@@ -51,10 +52,13 @@ def measure(models: dict[str, tuple[int, int]] = MODELS) -> dict:
     return {"targets": list(TARGETS), "rows": rows}
 
 
-def render(doc: dict) -> str:
+def render(doc: dict, models: tuple[str, ...] | None = None) -> str:
+    """Markdown table of the rows of ``doc`` (only ``models``' rows when given)."""
     lines = ["| model | method | options | trainable | weights adapted (N) | bytes stored |",
              "|---|---|---|---|---|---|"]
     for r in doc["rows"]:
+        if models is not None and r["model"] not in models:
+            continue
         opts = ", ".join(f"{k}={v:,}" for k, v in r["options"].items()) or "-"
         lines.append(f"| {r['model']} | {r['method']} | {opts} | {r['trainable']:,} | "
                      f"{r['adapted']:,} | {r['stored_bytes']:,} |")
@@ -62,8 +66,10 @@ def render(doc: dict) -> str:
 
 
 def main():
-    if "--render" in __import__("sys").argv:
-        print(render(json.loads(OUT.read_text())))
+    argv = __import__("sys").argv
+    if "--render" in argv:
+        models = tuple(argv[argv.index("--render") + 1:]) or None
+        print(render(json.loads(OUT.read_text()), models))
         return
     OUT.parent.mkdir(exist_ok=True)
     OUT.write_text(json.dumps(measure(), indent=1) + "\n")
