@@ -1,7 +1,8 @@
 """GPart as a ``Method``: the adapter is ``theta`` itself.
 
 ``w = w0 + P theta`` with ``(P theta)_i = theta_{g(i)} / sqrt(n_{g(i)})`` (isometric) or
-``theta_{g(i)}`` (``isometric=False``, the paper's ablation); see ``gpart_jax.core``.
+``theta_{g(i)}`` (``isometric=False``, the paper's ablation, named ``"gpart-noniso"``); see
+``gpart_jax.core``. Trainable numbers: ``d``; stored: ``theta`` plus the seed.
 """
 
 from __future__ import annotations
@@ -14,16 +15,27 @@ class GPartMethod(Method):
     """Wraps a built ``GPart``. ``init_bound`` > 0 draws theta uniform in ``[-b, b]``."""
 
     name = "gpart"
+    tree_fields = ("gpart",)
 
     def __init__(self, gpart: GPart, init_bound: float = 0.0):
         self.gpart = gpart
         self.init_bound = float(init_bound)
+        self.name = "gpart" if gpart.isometric else "gpart-noniso"
         self.target_paths = tuple(e.path for e in gpart.layout)
+        self.target_shapes = {e.path: e.shape for e in gpart.layout}
 
     @classmethod
-    def create(cls, base_params, *, d: int, seed: int = 42, init_bound: float = 0.0, **options):
+    def create(cls, base_params, *, d: int, seed: int = 42, init_bound: float = 0.0,
+               **options) -> GPartMethod:
         """``GPart.create(base_params, d=d, seed=seed, **options)`` wrapped as a method."""
         return cls(GPart.create(base_params, d=d, seed=seed, **options), init_bound)
+
+    def __repr__(self) -> str:
+        return f"GPartMethod({self.gpart!r})"
+
+    @property
+    def num_adapted(self) -> int:
+        return self.gpart.num_adapted
 
     def init(self, key=None):
         return self.gpart.init_theta(key, self.init_bound)
