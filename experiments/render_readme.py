@@ -15,11 +15,12 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).parent.parent
-BLOCKS = {  # README block -> (script, result file)
-    "bench": ("bench_reparam", "bench_reparam.json"),
-    "bf16": ("bf16_delta", "bf16_delta.json"),
-    "size": ("adapter_size", "adapter_size.json"),
-    "peft": ("peft_golden", "peft_golden.json"),
+BLOCKS = {  # README block -> (script, result file, extra arguments of render)
+    "bench": ("bench_reparam", "bench_reparam.json", ()),
+    "bf16": ("bf16_delta", "bf16_delta.json", ()),
+    "size": ("adapter_size", "adapter_size.json", ()),
+    "peft": ("peft_golden", "peft_golden.json", ()),
+    "counts": ("method_counts", "method_counts.json", (("RoBERTa-base",),)),
 }
 
 
@@ -31,9 +32,9 @@ def load_script(name: str):
 
 
 def rendered(block: str) -> str:
-    script, result = BLOCKS[block]
+    script, result, args = BLOCKS[block]
     doc = json.loads((ROOT / "experiments" / "results" / result).read_text())
-    return load_script(script).render(doc)
+    return load_script(script).render(doc, *args)
 
 
 def main():

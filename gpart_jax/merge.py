@@ -3,8 +3,8 @@
 ``merge``: ``w = w0 + delta`` materialized once, saved modules put in place; the result is an
 ordinary params pytree for ``model.apply``. ``unmerge``: ``w0 = w - delta`` on the adapted
 leaves, recomputed from the same adapter (exact up to float32 rounding of the two additions).
-Every method in ``gpart_jax.methods`` is additive (``apply(adapter, base) = base + delta``), which
-is what ``unmerge`` relies on.
+``unmerge`` needs an additive method (``apply(adapter, base) = base + delta``, as GPart, LoRA,
+Uni-LoRA, VeRA and Fastfood are); full fine-tuning substitutes the weights and is refused.
 """
 
 from __future__ import annotations
@@ -45,6 +45,9 @@ def unmerge(method, trainable: dict, merged_params):
     (keep the original head if you need it back).
     """
     method = _as_method(method)
+    if not method.additive:
+        raise ValueError(f"unmerge: method {method.name!r} replaces the weights instead of adding a "
+                         f"delta, so the base cannot be recovered from merged params; keep the base")
     targets = set(method.target_paths)
 
     def undo(tr, merged):

@@ -38,6 +38,32 @@ def test_merge_equals_reparam_outputs_and_unmerge_restores_base():
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+@pytest.mark.parametrize("name,options", [("lora", {"r": 2}), ("vera", {"r": 8}),
+                                          ("fastfood", {"d": 16}), ("unilora", {"d": 16, "r": 2})])
+def test_merge_unmerge_for_other_additive_methods(name, options):
+    from gpart_jax import methods as M
+
+    model, x, _, base = tiny_setup()
+    method = M.build(name, base, targets="all-linear", **options)
+    adapter = jax.tree_util.tree_map(lambda v: v + 0.05, method.init(jax.random.key(0)))
+    trainable = {"adapter": adapter, "saved": {}}
+    merged = merge(method, trainable, base)
+    np.testing.assert_allclose(model.apply(merged, x),
+                               model.apply(T.full_params(method, trainable, base), x), atol=1e-5)
+    restored = unmerge(method, trainable, merged)
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), restored, base)
+
+
+def test_unmerge_refuses_full_fine_tuning():
+    from gpart_jax import methods as M
+
+    _, _, _, base = tiny_setup()
+    method = M.build("full", base)
+    trainable = {"adapter": method.init(), "saved": {}}
+    with pytest.raises(ValueError, match="cannot be recovered"):
+        unmerge(method, trainable, merge(method, trainable, base))
+
+
 def test_merge_keeps_float32_or_base_dtype():
     _, _, _, base = tiny_setup()
     base16 = jax.tree_util.tree_map(lambda v: v.astype(jnp.bfloat16), base)

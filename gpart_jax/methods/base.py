@@ -84,6 +84,7 @@ class Method(abc.ABC):
 
     name: str = "method"
     target_paths: tuple[str, ...] = ()  # paths of the leaves the method adapts
+    additive: bool = True  # apply(adapter, base) = base + delta(adapter), delta independent of base
     tree_fields: tuple[str, ...] = ()  # attributes holding arrays: the pytree's children
 
     def __init_subclass__(cls, **kwargs):

@@ -26,6 +26,7 @@ class Full(Method):
     """Train the targeted weights themselves: ``adapter = {path: W}``, ``apply`` substitutes them."""
 
     name = "full"
+    additive = False  # apply substitutes the weights: the base cannot be recovered from them
 
     def __init__(self, target_shapes: dict[str, tuple[int, ...]], initial: dict,
                  adapted_dtype: str = "float32"):
