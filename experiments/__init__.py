@@ -1,0 +1,1 @@
+"""Experiments built on gpart_jax: data, models, trainer and result writers."""
