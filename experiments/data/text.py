@@ -139,8 +139,8 @@ class BucketedBatches:
         buckets: increasing padded lengths; the largest must hold the longest sequence.
         seed: with the epoch, decides the order.
         shuffle: ``False`` keeps index order (evaluation), still sorting within windows.
-        window: batches per sorting window; 1 disables sorting, larger means less padding
-            but batches of more uniform length.
+        window: batches per sorting window; 1 gives batches of random lengths (sorted only
+            inside the batch), larger gives less padding and batches of more uniform length.
         drop_remainder: drop the last partial batch instead of filling it with padding rows.
         pad_id: id of the padding token.
         """
