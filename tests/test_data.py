@@ -178,6 +178,21 @@ def test_catalog_name_path_loads_a_registered_builder(data_dir: Path) -> None:
     assert head[9]["label"] == data.load("digits", "train", data_dir=data_dir)[9]["label"]
 
 
+def test_catalog_features_are_decoded_and_text_renamed() -> None:
+    """What a prepared catalog dataset such as glue/sst2 gives (bytes, numpy ints) comes out as str/int."""
+    import types
+
+    import tensorflow_datasets as tfds
+
+    features = {"sentence": tfds.features.Text(), "label": tfds.features.ClassLabel(names=["n", "p"])}
+    info = types.SimpleNamespace(
+        features=tfds.features.FeaturesDict(features | {"idx": tfds.features.Scalar(np.int32)})
+    )
+    rows = [{"sentence": b"caf\xc3\xa9 good", "label": np.int64(1), "idx": np.int32(7)}]
+    src = data.Source("glue/sst2", "train", rows, info)
+    assert src[0] == {"text": "caf\u00e9 good", "label": 1, "idx": 7} and src.label_names == ("n", "p")
+
+
 def test_catalog_name_not_prepared_fails_fast_and_clearly(tmp_path: Path) -> None:
     start = time.monotonic()
     with pytest.raises(data.DataUnavailableError, match=r"'mnist' is not prepared.*download=True"):
