@@ -3,7 +3,8 @@
 ``GpartData`` is registered in the TFDS catalog as ``gpart_data``; each offline source is one of
 its configs (``gpart_data/rotten_tomatoes``, ``gpart_data/digits``, ...). Examples are written
 in the order of :func:`experiments.data.sources.prepare` (``disable_shuffling``), so index
-``i`` of a split is the same example on every machine.
+``i`` of a split is the same example on every machine. Prepared data is cached under its
+version: bump ``VERSION`` whenever a source's examples or splits change.
 
 Features:
     text:  ``{"text": Text, "label": ClassLabel}``
