@@ -1,1 +1,1 @@
-"""Experiments built on gpart_jax: models, data, trainer, benchmarks (not part of the library)."""
+"""Experiments built on gpart_jax: models, data, trainer and result writers (not part of the library)."""
