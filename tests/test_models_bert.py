@@ -109,15 +109,15 @@ def test_gpart_natural_order_is_reference_order(classifier_model):
 # --------------------------------------------------------------------------- tokenizer
 
 def test_tokenizer_reproduces_reference_ids(golden):
-    tok = bert.load_minilm_tokenizer()
-    enc = tok.encode(golden["inputs"]["sentences"], max_length=32)
+    tok = bert.load_minilm_tokenizer(max_length=32)
+    enc = tok.encode_padded(golden["inputs"]["sentences"])
     for k in ("input_ids", "attention_mask", "token_type_ids"):
         np.testing.assert_array_equal(enc[k], golden["batch"][k])
         assert enc[k].dtype == np.int32
-    short = tok.encode(golden["inputs"]["sentences"], max_length=8)
+    short = bert.load_minilm_tokenizer(max_length=8).encode_padded(golden["inputs"]["sentences"])
     assert short["input_ids"].shape == (4, 8) and (short["input_ids"][:3, -1] == 102).all()
     np.testing.assert_array_equal(short["input_ids"][3], golden["batch"]["input_ids"][3, :8])
-    longest = tok.encode(golden["inputs"]["sentences"], max_length=32, padding="longest")
+    longest = tok.encode_padded(golden["inputs"]["sentences"], padding="longest")
     assert longest["input_ids"].shape == (4, 13)
     assert tok.decode(enc["input_ids"][3]) == "this is terrible."
 

@@ -85,6 +85,29 @@ class WordPieceTokenizer:
         """int32 id sequences of ``texts``, each at most ``max_length`` long."""
         return [np.asarray(e.ids, dtype=np.int32) for e in self._tok.encode_batch(list(texts))]
 
+    def encode_padded(self, texts: str | Sequence[str], padding: str = "max_length") -> dict[str, np.ndarray]:
+        """``{"input_ids", "attention_mask", "token_type_ids"}``, int32 ``(B, L)``.
+
+        Padded with ``[PAD]`` to ``max_length`` (``padding="max_length"``) or to the longest text
+        (``"longest"``), as Hugging Face's ``tok(texts, max_length=..., padding=...,
+        truncation=True)``.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if padding not in ("max_length", "longest"):
+            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
+        encs = self._tok.encode_batch(list(texts))
+        width = self.max_length if padding == "max_length" else max(len(e.ids) for e in encs)
+        out = {k: np.zeros((len(encs), width), np.int32)
+               for k in ("input_ids", "attention_mask", "token_type_ids")}
+        out["input_ids"][:] = self.pad_id
+        for i, e in enumerate(encs):
+            n = len(e.ids)
+            out["input_ids"][i, :n] = e.ids
+            out["attention_mask"][i, :n] = 1
+            out["token_type_ids"][i, :n] = e.type_ids
+        return out
+
     def decode(self, ids: Sequence[int]) -> str:
         """Text of ``ids`` without special tokens."""
         return self._tok.decode([int(i) for i in ids])

