@@ -109,6 +109,26 @@ class NameMap:
         hf_leaf, transpose = _FLAX_LEAVES[kind][leaf]
         return f"{hf_module}.{hf_leaf}", transpose
 
+    def peft_name_map(self, params: Mapping[str, Any]) -> dict[str, str]:
+        """``{PEFT parameter name: flax path}`` for every leaf of ``params`` (``{"params": ...}``).
+
+        PEFT names carry the task model's prefix (``bert.encoder.layer.0...`` for
+        ``BertForSequenceClassification``; heads such as ``classifier`` have none), which is what
+        ``gpart_jax.interop.peft.plan_flax`` expects. A flax model whose base sits under the
+        prefix (``params/bert/...``) or directly under ``params`` maps the same way.
+        """
+        out = {}
+        for path in flatten_params(params):
+            bare = path[len("params/"):] if path.startswith("params/") else path
+            if bare.startswith(self.base_prefix + "/"):
+                bare = bare[len(self.base_prefix) + 1:]
+            hf, _ = self.flax_to_hf(bare)
+            module = hf.rpartition(".")[0]
+            if module not in [h for h, _ in self.heads]:
+                hf = f"{self.base_prefix}.{hf}"
+            out[hf] = path
+        return out
+
     def is_buffer(self, name: str) -> bool:
         """True for checkpoint entries that are buffers, not parameters (``position_ids``)."""
         return any(re.fullmatch(b, name) for b in self.buffers)
@@ -138,27 +158,18 @@ class NameMap:
         the reference's global positions when natural order differs (e.g. ``"all-linear"``).
         Paths may carry ``params/`` in front; the result keeps each path as given.
         """
-        paths = list(paths)
+        from gpart_jax.interop.architectures import ARCHITECTURES, definition_key
+
+        arch = ARCHITECTURES[self.arch]  # the library's order data: one source of truth
 
         def rank(path: str) -> tuple:
             hf, _ = self.flax_to_hf(path)
             module, _, leaf = hf.rpartition(".")
-            bare = module[len(self.base_prefix) + 1:] if module.startswith(self.base_prefix + ".") \
-                else module
-            head_names = [h for h, _ in self.heads]
-            if module in head_names:
-                major = (3, head_names.index(module), 0, 0)
-            elif bare.startswith(self.layers + "."):
-                i = int(_LAYER_INDEX.search(bare).group())
-                generic = _LAYER_INDEX.sub("{i}", bare, count=1)
-                names = [f"{self.layers}.{{i}}.{n}" for n, _ in self.layer]
-                major = (1, i, names.index(generic), 0)
-            else:
-                stem = [n for n, _ in self.stem]
-                major = (0, 0, stem.index(bare), 0) if bare in stem else \
-                    (2, 0, [n for n, _ in self.tail].index(bare), 0)
-            leaves = list(LEAVES[self._kind(module)])
-            return major + (leaves.index(leaf),)
+            key = definition_key(arch, module)
+            if key is None:
+                raise ValueError(f"{path} ({module}) is not a Linear module with a place in the "
+                                 f"reference's {self.arch} order")
+            return key + (list(LEAVES[self._kind(module)]).index(leaf),)
 
         return sorted(paths, key=rank)
 
