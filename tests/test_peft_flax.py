@@ -81,3 +81,30 @@ def test_smollm2_delta_in_hf_layout_then_gguf_permutation():
             name = f"model.layers.{i}.self_attn.{proj}.weight"
             right = names.hf_to_gguf_rows(merged[name], n)  # delta in HF layout, then permute
             assert not np.allclose(naive[name], right, atol=1e-6)
+
+
+def test_adapter_trained_on_flax_minilm_exports_and_merges_like_flax(tmp_path):
+    from experiments.models import bert, names
+
+    model, params = bert.load_minilm(num_labels=2)
+    name_map = names.BERT.peft_name_map(params)
+    config = GPartConfig(d=2048, target_modules=("query", "value"), proj_seed=11, bias="gpart_only")
+    gp = peft.plan_flax(config, params, name_map).create_gpart(params)
+    rng = np.random.default_rng(0)
+    theta = rng.normal(size=2048).astype(np.float32) * 0.05
+    head = {"params/classifier/kernel": rng.normal(size=(384, 2)).astype(np.float32),
+            "params/classifier/bias": np.zeros(2, np.float32)}
+    peft.export_adapter(tmp_path / "a", gp, theta, name_map, saved=head)
+    loaded = peft.load_adapter(tmp_path / "a")
+    np.testing.assert_array_equal(loaded.theta, theta)
+    np.testing.assert_array_equal(loaded.saved["classifier.weight"], head["params/classifier/kernel"].T)
+    # The reference's merge of the exported adapter on torch-named weights equals flax reparam.
+    state_dict = {"bert." + k: v for k, v in bert.minilm_state_dict().items()}
+    merged = peft.merge_state_dict(tmp_path / "a", state_dict)
+    adapted = trainable.join(head, gp.reparam(jnp.asarray(theta), params))
+    flat = names.flatten_params(adapted)
+    for torch_name, path in name_map.items():
+        if torch_name in merged and path in flat:
+            expected = np.asarray(flat[path])
+            expected = expected.T if expected.ndim == 2 and path.endswith("kernel") else expected
+            np.testing.assert_allclose(merged[torch_name], expected, atol=1e-6, err_msg=torch_name)
