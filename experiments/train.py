@@ -343,8 +343,10 @@ def train(cfg: ml_collections.ConfigDict, *, callback: Callable[[int, dict], Non
                                                 default=str))
     metric = cfg.task.metric
     mode = "max" if metric in MX.MAXIMIZED else "min"
-    ckpt = RunCheckpointer(workdir / CHECKPOINTS, keep_last=cfg.train.keep_last,
-                           best_metric=f"validation_{metric}", best_mode=mode, config_fingerprint=fp)
+    # orbax keeps the best step by "best_order": the step of each new best, -1 for other evaluations
+    # (unique, so it always agrees with the first-best-wins rule below, ties included)
+    ckpt = RunCheckpointer(workdir / CHECKPOINTS, keep_last=cfg.train.keep_last, best_metric="best_order",
+                           best_mode="max", config_fingerprint=fp)
     metrics_path = workdir / METRICS
     info: dict[str, Any] = {"best": None, "train_time_s": 0.0, "wall_time_s": 0.0, "examples": 0.0,
                             "evaluations": 0, "step_times": []}
@@ -396,9 +398,9 @@ def train(cfg: ml_collections.ConfigDict, *, callback: Callable[[int, dict], Non
                                                "examples_per_s": round(real / dt, 2)})
                 window = []
             if step % per_epoch == 0 or step == total:
-                value = _validate(runner, state, step, position.epoch + 1, info, bar, metric, mode, fp,
-                                  workdir)
-                checkpoint(step, state, {f"validation_{metric}": value})
+                improved = _validate(runner, state, step, position.epoch + 1, info, bar, metric, mode, fp,
+                                     workdir)
+                checkpoint(step, state, {"best_order": step if improved else -1})
             elif step % cfg.train.checkpoint_every == 0:
                 checkpoint(step, state)
             done, done_state = step, state
@@ -421,8 +423,9 @@ def train(cfg: ml_collections.ConfigDict, *, callback: Callable[[int, dict], Non
 
 
 def _validate(runner: Runner, state: dict, step: int, epoch: int, info: dict, bar: ProgressBar,
-              metric: str, mode: str, fp: str, workdir: pathlib.Path) -> float:
-    """Evaluate on validation; on a new best, record it and write ``best_adapter/``."""
+              metric: str, mode: str, fp: str, workdir: pathlib.Path) -> bool:
+    """Evaluate on validation; on a new best (strictly better: the first of equals wins), record
+    it and write ``best_adapter/``. Returns whether it was a new best."""
     task = runner.task
     val = runner.evaluate(state["trainable"], "validation")
     info["evaluations"] += 1
@@ -440,7 +443,7 @@ def _validate(runner: Runner, state: dict, step: int, epoch: int, info: dict, ba
     bar.set_metric(value)
     bar.message(f"epoch {epoch} step {step}: validation {metric} {value:.4f}"
                 + (" (best)" if improved else ""))
-    return value
+    return improved
 
 
 def _position(step: int, per_epoch: int):
@@ -495,8 +498,9 @@ def _finish(cfg, task: Task, runner: Runner, ckpt: RunCheckpointer, abstract, in
         "versions": {"jax": jax.__version__, "python": sys.version.split()[0]},
         "config": cfg.to_dict(),
     }
-    _atomic_write(workdir / RESULTS, json.dumps(results, indent=1, default=str) + "\n")
-    return results
+    text = json.dumps(results, indent=1, default=str) + "\n"
+    _atomic_write(workdir / RESULTS, text)
+    return json.loads(text)  # as a later process reads it (tuples as lists)
 
 
 def remove_run(workdir: pathlib.Path) -> None:
