@@ -356,6 +356,7 @@ def train(cfg: ml_collections.ConfigDict, *, callback: Callable[[int, dict], Non
         state = jax.device_put(restored, runner.replicated)
         info = {k: saved.get(k, v) for k, v in info.items()}
         start = int(saved["step"])
+    if status == "resume":  # killed before: drop what it logged after its last checkpoint
         _truncate_metrics(metrics_path, start)
         _append_metrics(metrics_path, {"event": "resume", "step": start})
     bar = ProgressBar(total, metric_name=metric, enabled=verbose and cfg.progress, every=cfg.log_every)

@@ -209,3 +209,18 @@ def test_console_process_prints_no_traceback(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "gpart_jax.cli", "params", "--config.task.dataset=nope"],
                           capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
     one_line_error(proc.returncode, proc.stderr, "unknown dataset 'nope'")
+
+
+def test_committed_main_job_results_are_of_the_current_configs():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("main_job", ROOT / "experiments" / "main_job.py")
+    main_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_job)
+    for name in (main_job.DEFAULT, *main_job.CONTEXT):
+        doc = json.loads((main_job.RESULTS / f"{name}.json").read_text())
+        cfg = load_config(ROOT / "configs" / f"{name}.py")
+        assert doc["fingerprint"] == fingerprint(cfg), f"{name}: rerun bash experiments/main.sh"
+        assert doc["steps"] == 352 and doc["test"]["examples"] == 1281
+    table = main_job.render(json.loads((main_job.RESULTS / f"{main_job.DEFAULT}.json").read_text()))
+    assert "| `configs/minilm_rt_head_only.py` | head-only | 770 | 352 |" in table

@@ -146,11 +146,41 @@ def test_workdir_of_another_config_is_refused(finished, tmp_path):
     assert [p.name for p in (tmp_path / "stranger").iterdir()] == ["notes.txt"]
 
 
-def test_resume_is_bit_exact(finished, tmp_path):
+@pytest.fixture
+def compilation_cache(tmp_path):
+    """A persistent compilation cache for this test: the same programs, compiled once."""
+    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
+             "jax_persistent_cache_min_entry_size_bytes")
+    saved = {n: getattr(jax.config, n) for n in names}
+    jax.config.update("jax_compilation_cache_dir", str(tmp_path / "jax_cache"))
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    _reset_compilation_cache()
+    yield
+    for n, v in saved.items():
+        jax.config.update(n, v)
+    _reset_compilation_cache()
+
+
+def _reset_compilation_cache():
+    """Make jax read the cache settings again (it decides once per process otherwise)."""
+    try:
+        from jax._src import compilation_cache
+    except ImportError:
+        return
+    if hasattr(compilation_cache, "reset_cache"):
+        compilation_cache.reset_cache()
+
+
+def test_resume_is_bit_exact(finished, tmp_path, compilation_cache):
     cfg, results, workdir = finished
     resumed_dir = tmp_path / "resumed"
     cfg_b = tiny_config(resumed_dir)
     assert fingerprint(cfg_b) == fingerprint(cfg)
+    # dies after step 2, before any checkpoint: the next process starts over in the same workdir
+    with pytest.raises(Stop):
+        TR.train(cfg_b, callback=stop_at(2), verbose=False)
+    assert (resumed_dir / "run.json").exists() and not (resumed_dir / "results.json").exists()
     # dies after step 7: the checkpoint of step 4 is the last one (step 5-7 are redone)
     with pytest.raises(Stop):
         TR.train(cfg_b, callback=stop_at(7), verbose=False)
