@@ -431,3 +431,19 @@ def test_causal_lm_run_scores_gsm8k_exact_match(tmp_path):
     assert results["metric"] == "exact_match" and results["validation"]["generated"] == 2
     assert results["test"]["generated"] == 4 and 0 <= results["test"]["exact_match"] <= 1
     assert results["data"]["test_dataset"] == "gsm8k"
+
+
+@pytest.mark.parametrize("name", ["head_only", "lora", "unilora", "vera", "gpart_noniso", "full"])
+def test_every_method_trains_and_resumes(name, tmp_path):
+    """Each method's config runs through the same trainer (2 steps, killed after 1, resumed)."""
+    extra = ["--config.method.d=2048"] if name == "unilora" else []  # one layer has 6,144 factor entries
+    cfg = load_config(CONFIGS / f"minilm_rt_{name}.py", tiny_overrides(
+        tmp_path / name, "--config.train.steps=2", "--config.train.checkpoint_every=1", *extra))
+    with pytest.raises(Stop):
+        TR.train(cfg, callback=stop_at(1), verbose=False)
+    results = TR.train(cfg, verbose=False)
+    assert results["steps"] == 2 and results["trainable"]["method"] == cfg.method.name
+    task = build_task(cfg)
+    loaded = load_adapter(tmp_path / name / "best_adapter", method=task.method)
+    assert jax.tree_util.tree_structure(loaded.trainable["adapter"]) == \
+        jax.tree_util.tree_structure(task.method.adapter_shapes())
