@@ -158,9 +158,13 @@ def main(argv: list[str] | None = None) -> int:
     except errors as e:
         print(f"gpart-jax {command}: {str(e).strip()}", file=sys.stderr)
         return 2
+    except FloatingPointError as e:  # a diverged run: its checkpoints stay for inspection
+        print(f"gpart-jax {command}: {e}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
-        print(f"\ngpart-jax {command}: interrupted; the last completed step is checkpointed: run the same "
-              f"command again to resume", file=sys.stderr)
+        hint = ("; the last completed step is checkpointed: run the same command again to resume"
+                if command == "train" else "")
+        print(f"\ngpart-jax {command}: interrupted{hint}", file=sys.stderr)
         return 130
 
 
