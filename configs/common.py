@@ -21,11 +21,10 @@ Every file in ``configs/`` is ``get_config()`` returning one of the helpers belo
   step), ``epochs`` or ``steps`` (if > 0, overrides epochs), ``eval_batch_size``,
   ``checkpoint_every``, ``keep_last``.
 
-Learning rates. theta (GPart, Uni-LoRA): 5e-3 as in the paper. Heads: 4e-3, the value VeRA and
-Uni-LoRA use for SST-2 (Rotten Tomatoes is the same kind of sentence sentiment task); it was
-not tuned here. LoRA: 5e-4 (LoRA's RoBERTa-base GLUE rate); VeRA: 4e-3 (VeRA's SST-2 rate);
-full fine-tuning: 5e-5 with weight decay 0.01 (the usual BERT recipe; the paper's full baseline
-numbers are quoted from other papers).
+Learning rates. theta (GPart, Uni-LoRA): 5e-3, the paper's. Heads: 4e-3, within the range of
+the head rates of the VeRA / Uni-LoRA GLUE recipes; not tuned here. LoRA: 5e-4 and VeRA: 4e-3,
+their authors' RoBERTa-base SST-2 rates as we read them; full fine-tuning: 5e-5 with weight decay
+0.01 (the usual BERT recipe). None of the baselines' rates was tuned on these tasks.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 R8's classes are unbalanced (``earn`` is about half of the articles): runs are selected and
 reported by Matthews correlation (accuracy is recorded too). Whole splits (4,898 / 517 / 2,189),
-128 tokens, 3 epochs: about 460 steps at batch 32, roughly 2.5x the cost per step of the
-64-token Rotten Tomatoes runs on a CPU. Hyperparameters: ``configs/common.py``.
+128 tokens, 3 epochs: 462 steps at batch 32, each longer than a 64-token Rotten Tomatoes step (not
+run here). Hyperparameters: ``configs/common.py``.
 """
 
 from configs import common

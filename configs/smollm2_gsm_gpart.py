@@ -8,7 +8,8 @@ Selection by exact match of greedy generations on 64 validation problems; the te
 exact match on the 1,319 GSM8K test problems (the number after the last ``####``).
 
 Not the paper's setting (it fine-tunes larger models on GSM8K's training set, which no package
-ships); on a 2-core CPU one epoch takes hours: this config is meant for an accelerator. The base
+ships). Not run to completion here: it is meant for an accelerator (on the 2-core CPU the tests
+run it with 2 of the 30 layers and a few examples). The base
 is the 4-bit GGUF dequantized (``experiments/models/llama.py``). GSM-symbolic's templates were
 written from GSM8K test problems, so GSM8K is not a clean held-out set
 (``experiments/data/README.md``).

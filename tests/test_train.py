@@ -434,7 +434,7 @@ def test_causal_lm_run_scores_gsm8k_exact_match(tmp_path):
 
 
 @pytest.mark.parametrize("name", ["head_only", "lora", "unilora", "vera", "gpart_noniso", "full"])
-def test_every_method_trains_and_resumes(name, tmp_path):
+def test_every_method_trains_and_resumes(name, tmp_path, compilation_cache):
     """Each method's config runs through the same trainer (2 steps, killed after 1, resumed)."""
     extra = ["--config.method.d=2048"] if name == "unilora" else []  # one layer has 6,144 factor entries
     cfg = load_config(CONFIGS / f"minilm_rt_{name}.py", tiny_overrides(
