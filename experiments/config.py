@@ -10,17 +10,20 @@ only where the default is None). A key that does not exist is an error that list
 from __future__ import annotations
 
 import ast
+import difflib
 import hashlib
 import importlib.util
 import json
 import pathlib
+import sys
 
 import ml_collections
 
 ROOT = pathlib.Path(__file__).parent.parent
 DEFAULT_CONFIG = ROOT / "configs" / "minilm_rt_gpart.py"
-# Keys that change where or how verbosely a run happens, not what it computes.
-NON_SEMANTIC = ("workdir", "progress", "log_every")
+# Keys that change where or how verbosely a run happens, or how often it is checkpointed, not
+# what it computes (dotted for nested keys).
+NON_SEMANTIC = ("workdir", "progress", "log_every", "train.checkpoint_every", "train.keep_last")
 
 
 class ConfigError(ValueError):
@@ -33,7 +36,15 @@ def load_file(path) -> ml_collections.ConfigDict:
         raise ConfigError(f"config file {path} not found; configs live in {ROOT / 'configs'}")
     spec = importlib.util.spec_from_file_location(f"gpart_config_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    # config files share defaults through `from configs import common` (the repository root)
+    added = str(ROOT) not in sys.path
+    if added:
+        sys.path.insert(0, str(ROOT))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        if added:
+            sys.path.remove(str(ROOT))
     if not hasattr(module, "get_config"):
         raise ConfigError(f"config file {path} has no get_config() function")
     cfg = module.get_config()
@@ -96,7 +107,9 @@ def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_
             raise ConfigError(f"cannot read {item!r}: overrides look like --config.key=value")
         key, text = item[len("--config."):].split("=", 1)
         if key not in keys:
-            raise ConfigError(f"unknown config key {key!r}; valid keys: {', '.join(sorted(keys))}")
+            close = difflib.get_close_matches(key, keys, n=1)
+            hint = f"did you mean --config.{close[0]}? " if close else ""
+            raise ConfigError(f"unknown config key {key!r}; {hint}valid keys: {', '.join(sorted(keys))}")
         node = cfg
         *parents, leaf = key.split(".")
         for p in parents:
@@ -119,5 +132,10 @@ def fingerprint(cfg: ml_collections.ConfigDict) -> str:
     """sha256 of the config's canonical JSON, without keys that do not change the result."""
     doc = cfg.to_dict()
     for key in NON_SEMANTIC:
-        doc.pop(key, None)
+        *parents, leaf = key.split(".")
+        node = doc
+        for p in parents:
+            node = node.get(p, {}) if isinstance(node, dict) else {}
+        if isinstance(node, dict):
+            node.pop(leaf, None)
     return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()

@@ -254,9 +254,12 @@ class RunCheckpointer:
             policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric],
                                       reverse=best_mode == "min", n=1,
                                       keep_checkpoints_without_metrics=False))
+        # best_fn makes orbax write each step's metrics to disk: without it they live in memory
+        # only, and a resumed run (a new manager) would forget the best step and delete it.
         options = ocp.CheckpointManagerOptions(
             preservation_policy=ocm.AnyPreservationPolicy(policies),
-            enable_async_checkpointing=False, create=True)
+            best_fn=None if best_metric is None else (lambda m: m[best_metric]),
+            best_mode=best_mode, enable_async_checkpointing=False, create=True)
         self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "info"),
                                               options=options)
 

@@ -273,3 +273,17 @@ def test_save_killed_half_way_leaves_earlier_checkpoints_intact(tmp_path, delay)
             state, info = ckpt.restore({"x": jax.ShapeDtypeStruct((8_000_000,), np.float32)}, step)
             assert info["step"] == step
             assert float(state["x"].min()) == float(state["x"].max()) == step
+
+
+def test_best_survives_a_restart(tmp_path):
+    # a resumed run opens a new manager: it must still know which step was best and keep it
+    with C.RunCheckpointer(tmp_path, keep_last=1, best_metric="acc") as ckpt:
+        for step, acc in enumerate([0.5, 0.9, 0.1]):
+            ckpt.save(step, {"x": np.float32(step)}, metrics={"acc": acc})
+        assert ckpt.all_steps() == [1, 2]
+    with C.RunCheckpointer(tmp_path, keep_last=1, best_metric="acc") as ckpt:
+        assert ckpt.best_step() == 1
+        for step in (3, 4):
+            ckpt.save(step, {"x": np.float32(step)})  # steps without metrics in between
+        ckpt.save(5, {"x": np.float32(5)}, metrics={"acc": 0.2})
+        assert ckpt.all_steps() == [1, 5] and ckpt.best_step() == 1
