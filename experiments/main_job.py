@@ -37,7 +37,8 @@ def render(doc: dict, others: tuple[str, ...] = CONTEXT) -> str:
     if timing.exists():
         t = json.loads(timing.read_text())
         lines += ["", f"Wall time of `bash experiments/main.sh` on {t['cpu_count']} CPU cores: install "
-                      f"{t['install_s']} s (fresh virtual environment), `gpart-jax train` "
+                      f"{t['install_s']} s (fresh virtual environment, pip's download cache warm), "
+                      f"`gpart-jax train` "
                       f"{t['train_command_s']} s (model and data loading, compilation, {doc['evaluations']} "
                       f"validation passes and the test pass included)."]
     return "\n".join(lines)

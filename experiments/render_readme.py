@@ -21,6 +21,7 @@ BLOCKS = {  # README block -> (script, result file, extra arguments of render)
     "size": ("adapter_size", "adapter_size.json", ()),
     "peft": ("peft_golden", "peft_golden.json", ()),
     "counts": ("method_counts", "method_counts.json", (("RoBERTa-base",),)),
+    "main-job": ("main_job", "main_job/minilm_rt_gpart.json", ()),
 }
 
 
