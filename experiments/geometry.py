@@ -2,6 +2,7 @@
 
     python experiments/geometry.py            # writes results/geometry.json and geometry.png
     python experiments/geometry.py --render   # prints the README table from the JSON
+    python experiments/geometry.py --replot   # redraws geometry.png from the JSON
 
 The layer: the top-left ``64 x 64`` block of MiniLM's layer-5 query kernel (rows: the first 64
 input features; columns: the outputs of attention heads 0 and 1), ``N = 4,096`` weights, so that
@@ -25,8 +26,8 @@ trainable numbers:
 
 "After training": each trained case adapts only this block inside MiniLM (all other weights
 frozen, the new 2-class head trained in full), on Rotten Tomatoes (1,024 training texts drawn with
-seed 0, 64 tokens, batch 32, 200 AdamW steps from ``gpart_jax.optim.make_optimizer``: adapter
-learning rate 5e-3 for GPart and Uni-LoRA, 5e-4 for LoRA, head 1e-3, dropout on). GPart's
+seed 0, 64 tokens, batch 32, 300 AdamW steps from ``gpart_jax.optim.make_optimizer``: adapter
+learning rate 5e-3 for GPart and Uni-LoRA, 5e-4 for LoRA, head 1e-2, dropout on). GPart's
 Jacobian does not depend on theta (the map is linear); it is trained too, to show it. The
 non-isometric and global GPart maps are linear as well and are not trained.
 """
@@ -161,7 +162,7 @@ def summarize(sv: np.ndarray) -> dict[str, Any]:
 # --------------------------------------------------------------------------- training
 
 def train(loss_fn: Callable, trainable: dict, batches: Iterator, steps: int, adapter_lr: float,
-          saved_lr: float = 1e-3) -> tuple[dict, list[float]]:
+          saved_lr: float = 1e-2) -> tuple[dict, list[float]]:
     """``steps`` jitted AdamW steps of ``loss_fn(trainable, batch, key)`` (``make_optimizer``).
 
     Returns the trained ``trainable`` and the loss of every step.
@@ -250,7 +251,9 @@ def accuracy(logits_fn, trainable, val: dict, batch: int = 64) -> float:
 
 # --------------------------------------------------------------------------- run
 
-LR = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4}
+LR = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4}  # adapter learning rates
+HEAD_LR = 1e-2
+STEPS = 300
 
 
 def analyse(name: str, case: dict, adapter, path: str) -> dict:
@@ -264,7 +267,7 @@ def analyse(name: str, case: dict, adapter, path: str) -> dict:
 
 
 def run(size: int = 64, d: int = 512, lora_r: int = 4, unilora_r: int = 8, layer: int = 5,
-        steps: int = 200, num_train: int = 1024, num_val: int = 512, seq_len: int = 64,
+        steps: int = STEPS, num_train: int = 1024, num_val: int = 512, seq_len: int = 64,
         batch: int = 32, log=print) -> dict:
     """The whole experiment: the result document."""
     task = minilm_task(size, layer, num_train, num_val, seq_len, batch)
@@ -285,16 +288,17 @@ def run(size: int = 64, d: int = 512, lora_r: int = 4, unilora_r: int = 8, layer
             loss_fn, logits_fn = minilm_loss(task, method, one, path, size)
             trainable0 = {"adapter": adapter0, "saved": saved0}
             start = time.perf_counter()
-            trained, losses = train(loss_fn, trainable0, task["batches"](), steps, LR[name])
+            trained, losses = train(loss_fn, trainable0, task["batches"](), steps, LR[name], HEAD_LR)
             delta = ravel_pytree(jax.tree_util.tree_map(
                 jnp.subtract, trained["adapter"], adapter0))[0]
             entry["training"] = {
-                "steps": steps, "adapter_lr": LR[name], "head_lr": 1e-3,
+                "steps": steps, "adapter_lr": LR[name], "head_lr": HEAD_LR,
                 "seconds": time.perf_counter() - start,
                 "loss_first_20": float(np.mean(losses[:20])), "loss_last_20": float(np.mean(losses[-20:])),
                 "val_accuracy_init": accuracy(logits_fn, trainable0, task["val"]),
                 "val_accuracy_trained": accuracy(logits_fn, trained, task["val"]),
-                "adapter_change_norm": float(jnp.linalg.norm(delta))}
+                "adapter_change_norm": float(jnp.linalg.norm(delta)),
+                "losses": [round(x, 4) for x in losses]}
             entry["trained"] = analyse(name, case, trained["adapter"], path)
             log(f"{name}: trained {steps} steps in {entry['training']['seconds']:.0f} s, loss "
                 f"{entry['training']['loss_first_20']:.3f} -> {entry['training']['loss_last_20']:.3f}")
@@ -379,23 +383,28 @@ def plot(doc: dict, path: pathlib.Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--steps", type=int, default=STEPS)
     ap.add_argument("--out", type=pathlib.Path, default=OUT)
     ap.add_argument("--figure", type=pathlib.Path, default=None,
                     help=f"PNG to write (default {FIGURE} when --out is the default)")
     ap.add_argument("--render", action="store_true", help="print the README table from --out")
+    ap.add_argument("--replot", action="store_true", help="redraw the figure from --out")
     args = ap.parse_args()
     if args.render:
         print(render(json.loads(args.out.read_text())))
         return
+    figure = args.figure or (FIGURE if args.out == OUT else args.out.with_suffix(".png"))
+    if args.replot:
+        plot(json.loads(args.out.read_text()), figure)
+        return
     start = time.perf_counter()
     doc = run(steps=args.steps)
     doc["wall_seconds"] = time.perf_counter() - start
-    if args.steps != 200:
+    if args.steps != STEPS:
         doc["command"] += f" --steps {args.steps}"
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    plot(doc, args.figure or (FIGURE if args.out == OUT else args.out.with_suffix(".png")))
+    plot(doc, figure)
     print(render(doc))
 
 
