@@ -2,6 +2,7 @@
 
     python experiments/bench_methods.py              # writes results/bench_methods.json and cost.png
     python experiments/bench_methods.py --render     # prints the README table from the JSON
+    python experiments/bench_methods.py --replot     # redraws cost.png from the JSON
     python experiments/bench_methods.py --rounds 2 --methods lora gpart --no-memory --out /tmp/b.json
 
 Setup: all-MiniLM-L6-v2 (real weights) as a 2-class sequence classifier, one fixed batch of the
@@ -88,24 +89,25 @@ def load_batch(batch_size: int = BATCH, seq_len: int = SEQ_LEN) -> dict[str, jax
     return {k: jnp.asarray(v) for k, v in enc.items()}
 
 
-def build_method(name: str, base) -> M.Method:
-    """Method ``name`` of ``METHODS`` on MiniLM's query/value kernels (seed 0)."""
-    options = {"targets": TARGETS, "seed": 0, **METHODS[name]}
-    return M.build(name, base, **options)
+def build_method(name: str, base, options: dict[str, Any]) -> M.Method:
+    """Method ``name`` with ``options`` (e.g. ``METHODS[name]``) on the query/value kernels, seed 0."""
+    return M.build(name, base, targets=TARGETS, seed=0, **options)
 
 
-def make_train_step(model, opt: optax.GradientTransformation):
+def make_train_step(model, opt: optax.GradientTransformation, dropout: bool = True):
     """``step(method, base, trainable, opt_state, batch, key) -> (trainable, opt_state, loss)``.
 
-    Pure, not jitted: cross-entropy of the classifier's logits (dropout on, key ``key``), its
-    gradient with respect to ``trainable`` (adapter and head), one ``opt`` update.
+    Pure, not jitted: cross-entropy of the classifier's logits (dropout from ``key`` unless
+    ``dropout=False``), its gradient with respect to ``trainable`` (adapter and head), one ``opt``
+    update.
     """
 
     def step(method, base, trainable, opt_state, batch, key):
         def loss_fn(trainable):
             params = T.full_params(method, trainable, base)
             logits = model.apply(params, batch["input_ids"], batch["attention_mask"],
-                                 batch["token_type_ids"], deterministic=False, rngs={"dropout": key})
+                                 batch["token_type_ids"], deterministic=not dropout,
+                                 rngs={"dropout": key})
             return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean()
 
         loss, grads = jax.value_and_grad(loss_fn)(trainable)
@@ -115,13 +117,13 @@ def make_train_step(model, opt: optax.GradientTransformation):
     return step
 
 
-def compile_step(model, method: M.Method, base, batch, total_steps: int = 1000):
+def compile_step(model, method: M.Method, base, batch, total_steps: int = 1000, dropout: bool = True):
     """AOT-compiled train step of ``method`` and its arguments: ``(compiled, args, trainable)``."""
     trainable = T.init_trainable(method, base, SAVED, key=jax.random.key(0))
     opt = make_optimizer(trainable, total_steps=total_steps)
     opt_state = opt.init(trainable)
     args = (method, base, trainable, opt_state, batch, jax.random.key(1))
-    compiled = jax.jit(make_train_step(model, opt)).lower(*args).compile()
+    compiled = jax.jit(make_train_step(model, opt, dropout)).lower(*args).compile()
     return compiled, args, trainable
 
 
@@ -208,7 +210,7 @@ def memory_child(name: str) -> dict:
     jax.block_until_ready((base, batch))
     out: dict[str, Any] = {"name": name, "rss_loaded_bytes": _status_bytes("VmRSS")}
     if name != "baseline":
-        method = build_method(name, base)
+        method = build_method(name, base, METHODS[name])
         _reset_peak()
         compiled, args, _ = compile_step(model, method, base, batch)
         out["peak_compile_bytes"] = _status_bytes("VmHWM")
@@ -281,20 +283,21 @@ def summarize(times: dict[str, list[float]], reference: str) -> dict[str, dict]:
     return out
 
 
-def run(names, rounds: int, memory: bool = True, log=print) -> dict:
-    """The whole benchmark for ``names`` (must include ``"lora"``): the result document."""
-    from experiments.models.bert import load_minilm
+def measure(model, base, batch, configs: dict[str, dict], rounds: int, log=print,
+            dropout: bool = True) -> dict:
+    """Compile, count, save and time (interleaved) every method of ``configs`` on one batch.
 
-    if "lora" not in names:
+    ``configs``: method name -> options of ``build_method``; must include ``"lora"`` (the
+    reference of the ratios). Returns ``{"methods": {name: row}, "loadavg_1min_per_round": ...}``.
+    ``dropout=False`` (for quick tests) compiles a step without dropout's random bits.
+    """
+    if "lora" not in configs:
         raise ValueError("the benchmark reports ratios to LoRA: include 'lora' in the methods")
-    load_start = os.getloadavg()
-    model, base = load_minilm(num_labels=2)
-    batch = load_batch()
-    methods, steps, maps, rows = {}, {}, {}, {}
-    for name in names:
-        method = build_method(name, base)
+    steps, maps, rows = {}, {}, {}
+    for name, options in configs.items():
+        method = build_method(name, base, options)
         start = time.perf_counter()
-        compiled, args, trainable = compile_step(model, method, base, batch)
+        compiled, args, trainable = compile_step(model, method, base, batch, dropout=dropout)
         compile_s = time.perf_counter() - start
         jax.block_until_ready(compiled(*args))  # warm up
         steps[name] = lambda c=compiled, a=args: c(*a)
@@ -304,21 +307,31 @@ def run(names, rounds: int, memory: bool = True, log=print) -> dict:
             jax.block_until_ready(cm(*margs))
             maps[name] = lambda c=cm, a=margs: c(*a)
         counts = M.count(method, base, SAVED)
-        rows[name] = {"options": METHODS[name],
+        rows[name] = {"options": options,
                       "compile_seconds": compile_s, "xla_step": memory_of(compiled),
                       **{k: counts[k] for k in ("trainable", "saved", "total_trainable", "adapted",
                                                  "adapter_bytes", "stored_bytes")},
                       "bytes_on_disk": bytes_on_disk(method, trainable, base)}
-        methods[name] = method
         log(f"compiled {name} in {compile_s:.1f} s: {counts['trainable']:,} trainable")
     calls = {**{f"step/{n}": (f, 1) for n, f in steps.items()},
              **{f"map/{n}": (f, MAP_REPEATS) for n, f in maps.items()}}
     times, loads = time_interleaved(calls, rounds, log)
-    step_stats = summarize({n: times[f"step/{n}"] for n in names}, "lora")
+    step_stats = summarize({n: times[f"step/{n}"] for n in configs}, "lora")
     map_stats = summarize({n: times[f"map/{n}"] for n in maps}, "lora")
-    for name in names:
+    for name in configs:
         rows[name]["step"] = step_stats[name]
         rows[name]["map"] = map_stats.get(name)
+    return {"methods": rows, "loadavg_1min_per_round": loads}
+
+
+def run(names, rounds: int, memory: bool = True, log=print) -> dict:
+    """The whole benchmark on MiniLM for ``names`` (must include ``"lora"``): the result document."""
+    from experiments.models.bert import load_minilm
+
+    load_start = os.getloadavg()
+    model, base = load_minilm(num_labels=2)
+    batch = load_batch()
+    measured = measure(model, base, batch, {n: METHODS[n] for n in names}, rounds, log)
     doc: dict[str, Any] = {
         "command": "python experiments/bench_methods.py",
         "setup": {"model": "all-MiniLM-L6-v2 (2-class head)", "batch": BATCH, "seq_len": SEQ_LEN,
@@ -329,7 +342,7 @@ def run(names, rounds: int, memory: bool = True, log=print) -> dict:
         "rounds": rounds, "jax": jax.__version__, "backend": jax.default_backend(),
         "machine": platform.machine(), "cpu_count": os.cpu_count(),
         "loadavg_start": list(load_start), "loadavg_end": list(os.getloadavg()),
-        "loadavg_1min_per_round": loads, "methods": rows,
+        "loadavg_1min_per_round": measured["loadavg_1min_per_round"], "methods": measured["methods"],
     }
     if "gpart" in names and "unilora" in names:
         doc["gpart_over_unilora"] = gpart_over_unilora(doc)
@@ -337,7 +350,7 @@ def run(names, rounds: int, memory: bool = True, log=print) -> dict:
         mem = measure_memory(names)
         doc["memory_baseline"] = mem["baseline"]
         for name in names:
-            rows[name]["memory"] = mem["methods"][name]
+            doc["methods"][name]["memory"] = mem["methods"][name]
     return doc
 
 
@@ -397,8 +410,11 @@ def plot(doc: dict, path: pathlib.Path) -> None:
               for n in names]
     ax1.barh(y, ratio, xerr=[np.maximum(lo, 0), np.maximum(hi, 0)], color=colors, capsize=3)
     ax1.axvline(1.0, color="k", lw=0.8, ls="--")
+    ax1.set_xlim(0, max(rows[n]["step"]["paired_ratio_q3"] for n in names) + 0.3)
     for yi, r, n in zip(y, ratio, names, strict=True):
-        ax1.text(r + 0.03, yi + 0.22, f"{r:.2f}x ({rows[n]['step']['seconds_median']:.2f} s)", fontsize=8)
+        right = max(r, rows[n]["step"]["paired_ratio_q3"])
+        ax1.text(right + 0.02, yi, f"{r:.2f}x ({rows[n]['step']['seconds_median']:.2f} s)", fontsize=8,
+                 va="center")
     ax1.set_yticks(y, names)
     ax1.set_xlabel("train-step time / LoRA's (median; bars: paired-ratio quartiles)")
     ax1.set_title(f"MiniLM step, batch {doc['setup']['batch']} x {doc['setup']['seq_len']}, "
@@ -429,6 +445,7 @@ def main() -> None:
     ap.add_argument("--figure", type=pathlib.Path, default=None,
                     help=f"PNG to write (default {FIGURE} when --out is the default)")
     ap.add_argument("--render", action="store_true", help="print the README table from --out")
+    ap.add_argument("--replot", action="store_true", help="redraw the figure from --out")
     ap.add_argument("--memory-child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.memory_child:
@@ -437,12 +454,15 @@ def main() -> None:
     if args.render:
         print(render(json.loads(args.out.read_text())))
         return
+    figure = args.figure or (FIGURE if args.out == OUT else args.out.with_suffix(".png"))
+    if args.replot:
+        plot(json.loads(args.out.read_text()), figure)
+        return
     start = time.perf_counter()
     doc = run(args.methods, args.rounds, memory=not args.no_memory)
     doc["wall_seconds"] = time.perf_counter() - start
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(doc, indent=1) + "\n")
-    figure = args.figure or (FIGURE if args.out == OUT else args.out.with_suffix(".png"))
     plot(doc, figure)
     print(render(doc))
     if "gpart_over_unilora" in doc:
