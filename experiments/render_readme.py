@@ -22,6 +22,8 @@ BLOCKS = {  # README block -> (script, result file, extra arguments of render)
     "peft": ("peft_golden", "peft_golden.json", ()),
     "counts": ("method_counts", "method_counts.json", (("RoBERTa-base",),)),
     "main-job": ("main_job", "main_job/minilm_rt_gpart.json", ()),
+    "cost": ("bench_methods", "bench_methods.json", ()),
+    "geometry": ("geometry", "geometry.json", ()),
 }
 
 
