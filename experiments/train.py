@@ -463,7 +463,7 @@ def _finish(cfg, task: Task, runner: Runner, ckpt: RunCheckpointer, abstract, in
     try:
         current = read_adapter_metadata(adapter_dir)["extra"].get("step") == best["step"]
         load_adapter(adapter_dir, method=task.method)  # verifies every array
-    except Exception:  # missing or damaged (a kill during its save): write it again
+    except (ValueError, KeyError):  # missing or damaged (a kill during its save): write it again
         current = False
     if not current:
         save_adapter(adapter_dir, task.method, trainable, base_params=task.base, overwrite=True,
