@@ -256,12 +256,15 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
         xs = range(len(cells))
         means = [100 * c["mean"] if c["n"] else 0.0 for c in cells]
         errs = [100 * c["std"] if c["std"] is not None else 0.0 for c in cells]
-        ax.bar(xs, means, yerr=errs, capsize=4, color=["C0" if c["n"] else "0.85" for c in cells])
-        for x, c, m in zip(xs, cells, means, strict=True):
-            ax.text(x, m, f"n={c['n']}" if c["n"] else "pending", ha="center", va="bottom", fontsize=8)
-        ax.set_xticks(list(xs), [c["method_label"] for c in cells], rotation=30, ha="right", fontsize=8)
         done = [m for c, m in zip(cells, means, strict=True) if c["n"]]
-        ax.set_ylim(max(0.0, min(done) - 10), min(100.0, max(done) + 5))
+        top = [m + e for c, m, e in zip(cells, means, errs, strict=True) if c["n"]]
+        low, high = (max(0.0, min(done) - 10), min(100.0, max(top) + 3)) if done else (0.0, 100.0)
+        ax.bar(xs, means, yerr=errs, capsize=4, color="C0")
+        for x, c in zip(xs, cells, strict=True):  # seeds at the bar's foot; a pending run has no bar
+            ax.text(x, low + 0.02 * (high - low), f"n={c['n']}" if c["n"] else "pending", ha="center",
+                    va="bottom", fontsize=8, color="white" if c["n"] else "black")
+        ax.set_xticks(list(xs), [c["method_label"] for c in cells], rotation=30, ha="right", fontsize=8)
+        ax.set_ylim(low, high)
         ax.set_ylabel(f"test {cells[0]['metric']} x 100")
         ax.set_title(TASK_LABELS.get(task, task))
     fig.suptitle(f"suite {doc['suite']}: mean +- std over seeds (MiniLM-L6)")

@@ -175,14 +175,16 @@ def _default_train(cfg: ml_collections.ConfigDict) -> dict:
 
 def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = DEFAULT_RUNS_DIR,
               only: str | None = None, dry_run: bool = False, train_fn: TrainFn | None = None,
-              out=sys.stdout) -> list[dict]:
+              out=None) -> list[dict]:
     """Run (or with ``dry_run`` list) the suite's runs that are not done; returns one record per
     selected run: ``name``, ``config``, ``seed``, ``workdir``, ``status`` before and ``outcome``
     (``skipped``, ``finished``, ``failed`` or, in a dry run, ``None``) with ``error`` when failed.
 
     ``train_fn(cfg) -> results`` defaults to ``experiments.train.train`` (tests pass a fake).
     Exceptions of a run are caught, logged and recorded; ``KeyboardInterrupt`` is logged and raised.
+    Progress lines go to ``out`` (default ``sys.stdout``).
     """
+    out = out or sys.stdout
     name = suite_name(suite_path)
     runs = select(expand(load_suite(suite_path), runs_dir), only)
     log_path = pathlib.Path(runs_dir) / f"{name}.jsonl"
@@ -208,7 +210,9 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
             _log(log_path, record | {"event": "skipped"})
             records.append(record | {"outcome": "skipped"})
             continue
-        if cfg is None:
+        if before == "conflict":  # the trainer would refuse it; nothing in it is touched
+            record.setdefault("error", f"{run.workdir} holds another config's run (or files that are not "
+                                       f"a run); move it away to train this run there")
             print(f"{head}, failed: {record['error']}", file=out)
             _log(log_path, record | {"event": "failed"})
             records.append(record | {"outcome": "failed"})
