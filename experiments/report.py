@@ -16,7 +16,8 @@ results carry the fingerprint of the run's config counts) and writes
 * ``<out>/suite_<name>.png``: bars of mean +- std per method and task, only when some run is done
   (a stale chart of a suite with no results is removed).
 
-A run without results is "pending" (or "partial" / "conflict"): nothing is filled in for it.
+A run without results is "pending" (or "partial", "conflict", or "failed" when its last event in
+the suite log is a failure): nothing is filled in for it.
 ``render(doc)`` returns the markdown of a suite JSON (as the other scripts' ``render``).
 """
 
@@ -72,14 +73,32 @@ def method_label(method_cfg: dict) -> str:
     return f"{label} {', '.join(opts)}".strip()
 
 
-def _run_record(run: Run) -> dict:
-    """A run's status and, when done, its numbers (from its results.json, nothing else)."""
+def last_events(log_path: pathlib.Path) -> dict[str, dict]:
+    """The last record per run of a suite log (``<runs-dir>/<suite>.jsonl``); empty if none."""
+    events: dict[str, dict] = {}
+    if log_path.exists():
+        for line in log_path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except ValueError:  # a line cut by a kill
+                continue
+            events[record.get("run")] = record
+    return events
+
+
+def _run_record(run: Run, last_event: dict | None = None) -> dict:
+    """A run's status and, when done, its numbers (from its results.json, nothing else). A run
+    not done whose last suite log event is a failure is ``failed``."""
     cfg = run.load()
     doc = cfg.to_dict()
     status = run_status(run.workdir, fingerprint(cfg))
+    if status != "done" and last_event and last_event.get("event") == "failed":
+        status = "failed"
     record = {"name": run.name, "config": run.config, "seed": run.seed, "workdir": str(run.workdir),
               "task": doc["task"]["dataset"], "method": doc["method"]["name"],
               "method_label": method_label(doc["method"]), "metric": doc["task"]["metric"],
+              "overrides": [o for o in run.overrides
+                            if not o.startswith(("--config.seed=", "--config.workdir="))],
               "status": status, "cut": {k: _get(doc, k) for k in CUT_KEYS},
               "adapter_lr": doc["optim"]["adapter_lr"], "head_lr": doc["optim"]["head_lr"]}
     if status == "done":
@@ -101,16 +120,23 @@ def summarize(records: list[dict], name: str) -> dict:
     """The suite JSON (module docstring) of run records (``_run_record``)."""
     tasks: dict[str, dict] = {}
     for r in records:
-        tasks.setdefault(r["task"], {"metric": r["metric"], "methods": {}})
-        tasks[r["task"]]["methods"].setdefault(r["method"], []).append(r)
+        tasks.setdefault(r["task"], {"metric": r["metric"], "methods": {}, "runs": []})["runs"].append(r)
+    for t in tasks.values():
+        # a cell is one method with one set of options: its label plus the overrides (other than the
+        # seed) that not every run of the task shares; its seeds are the runs
+        shared = set.intersection(*(set(r["overrides"]) for r in t["runs"]))
+        for r in t["runs"]:
+            extra = [o.removeprefix("--config.") for o in r["overrides"] if o not in shared]
+            label = r["method_label"] + (f" ({', '.join(extra)})" if extra else "")
+            t["methods"].setdefault((r["method"], label), []).append(r)
     cells, cuts = [], []
     for task, t in tasks.items():
-        for method in sorted(t["methods"], key=_order):
-            runs = t["methods"][method]
+        for key in sorted(t["methods"], key=lambda k: _order(k[0])):
+            (method, label), runs = key, t["methods"][key]
             done = [r for r in runs if r["status"] == "done"]
             tests = [r["test"] for r in done]
             cells.append({
-                "task": task, "method": method, "method_label": runs[0]["method_label"],
+                "task": task, "method": method, "method_label": label,
                 "metric": t["metric"], "n": len(done), "expected": len(runs),
                 "seeds": [r["seed"] for r in done], "test": tests,
                 "mean": statistics.fmean(tests) if tests else None,
@@ -119,15 +145,15 @@ def summarize(records: list[dict], name: str) -> dict:
                 "trainable": done[0]["trainable"] if done else None,
                 "total_trainable": done[0]["total_trainable"] if done else None,
                 "not_done": {r["name"]: r["status"] for r in runs if r["status"] != "done"}})
-        all_runs = [r for runs in t["methods"].values() for r in runs]
+        all_runs = t["runs"]
+        by_label = {label: runs for (_, label), runs in t["methods"].items()}
         for key in CUT_KEYS:
-            values = {m: sorted({json.dumps(r["cut"][key]) for r in runs})
-                      for m, runs in t["methods"].items()}
+            values = {m: sorted({json.dumps(r["cut"][key]) for r in runs}) for m, runs in by_label.items()}
             distinct = {v for vs in values.values() for v in vs}
             cuts.append({"task": task, "key": key, "identical": len(distinct) == 1,
                          "value": json.loads(next(iter(distinct))) if len(distinct) == 1 else None,
                          "values": {m: [json.loads(v) for v in vs] for m, vs in values.items()}})
-        rates = {m: runs[0]["adapter_lr"] for m, runs in t["methods"].items()}
+        rates = {m: runs[0]["adapter_lr"] for (m, _), runs in t["methods"].items()}
         cuts.append({"task": task, "key": "optim.adapter_lr", "identical": len(set(rates.values())) == 1,
                      "value": None, "values": rates, "runs": len(all_runs)})
     return {"suite": name, "scale": "metric x 100 in README tables; raw fractions here",
@@ -139,7 +165,8 @@ def summarize(records: list[dict], name: str) -> dict:
 def collect(suite_path: str | pathlib.Path, runs_dir: str | pathlib.Path = DEFAULT_RUNS_DIR) -> dict:
     """The suite JSON of ``suite_path`` from the workdirs under ``runs_dir``."""
     runs = expand(load_suite(suite_path), runs_dir)
-    return summarize([_run_record(r) for r in runs], suite_name(suite_path))
+    events = last_events(pathlib.Path(runs_dir) / f"{suite_name(suite_path)}.jsonl")
+    return summarize([_run_record(r, events.get(r.name)) for r in runs], suite_name(suite_path))
 
 
 def _pct(x: float | None, digits: int = 1) -> str:
@@ -170,8 +197,9 @@ def _cut_note(doc: dict, task: str) -> str:
     for key, what in (("train.batch_size", "batch"), ("task.max_length", "max tokens")):
         if key in same:
             parts.append(f"{what} {same[key]}")
-    if same.get("model.num_layers") == 0:
-        parts.append("all layers")
+    if "model.num_layers" in same:
+        layers = same["model.num_layers"]
+        parts.append(f"the first {layers} layer(s) only" if layers else "all layers")
     if "compute_dtype" in same:
         parts.append(same["compute_dtype"])
     if "optim.head_lr" in same:
@@ -221,8 +249,8 @@ def render(doc: dict) -> str:
         lines += ["", _cut_note(doc, task), ""]
     lines += ["The paper columns are the GPart paper's GLUE averages on RoBERTa (as quoted in "
               "`gpart_article.md`): **another model and benchmark**, shown for context only; they are not "
-              "comparable with the MiniLM numbers in the same row. \"pending\" / \"partial\" are runs "
-              "without results yet: nothing is filled in for them."]
+              "comparable with the MiniLM numbers in the same row. Runs without results yet (pending, "
+              "partial, failed) are counted as not done: nothing is filled in for them."]
     return "\n".join(lines)
 
 

@@ -186,6 +186,9 @@ def test_report_mean_std_and_pending(tmp_path):
     (runs["minilm_r8_gpart_s0"].workdir / S.RUN).write_text(
         json.dumps({"fingerprint": fingerprint(runs["minilm_r8_gpart_s0"].load())}))
 
+    runs_dir.mkdir(exist_ok=True)
+    (runs_dir / "synthetic.jsonl").write_text(  # the suite log: r8 s1 failed; a cut line is ignored
+        json.dumps({"run": "minilm_r8_gpart_s1", "event": "failed"}) + "\n{\"run\": \"minilm_r8\n")
     doc = R.report(suite, runs_dir, out)
     cells = {(c["task"], c["method"]): c for c in doc["cells"]}
     gpart = cells["rotten_tomatoes", "gpart"]
@@ -199,7 +202,7 @@ def test_report_mean_std_and_pending(tmp_path):
     assert lora["not_done"] == {"minilm_rt_lora_s0": "pending", "minilm_rt_lora_s2": "conflict"}
     r8 = cells["r8", "gpart"]
     assert r8["n"] == 0 and r8["mean"] is None and r8["metric"] == "mcc"
-    assert r8["not_done"] == {"minilm_r8_gpart_s0": "partial", "minilm_r8_gpart_s1": "pending",
+    assert r8["not_done"] == {"minilm_r8_gpart_s0": "partial", "minilm_r8_gpart_s1": "failed",
                               "minilm_r8_gpart_s2": "pending"}
     cut = {(c["task"], c["key"]): c for c in doc["cuts"]}
     assert cut["rotten_tomatoes", "task.train_examples"]["identical"]
@@ -212,7 +215,7 @@ def test_report_mean_std_and_pending(tmp_path):
     mean, std = 100 * gpart["mean"], 100 * gpart["std"]
     assert f"| GPart d=23,040 | 100 (+ 7) | 3/3 | {mean:.1f} +- {std:.1f} | 82.0 |" in text
     assert "| LoRA r=8 | 100 (+ 7) | 1/3, s0 pending, s2 conflict | 75.0 (1 seed) | 74.0 |" in text
-    assert ("| GPart d=23,040 | pending | 0/3, s0 partial, s1 pending, s2 pending | pending | pending |"
+    assert ("| GPart d=23,040 | pending | 0/3, s0 partial, s1 failed, s2 pending | pending | pending |"
             in text)
     assert "99.0" not in text  # the other config's result is not shown
     assert "another model and benchmark" in text and "83.7 (23K)" in text
