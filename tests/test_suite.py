@@ -1,0 +1,235 @@
+"""Issue 7 (a) infrastructure: the suite runner's bookkeeping (skip done, resume partial, log a
+failure and go on) with a fake train function, and the report on synthetic ``results.json``
+files. Nothing trains and jax is not needed."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import statistics
+
+import pytest
+
+from experiments import report as R
+from experiments import suite as S
+from experiments.config import ConfigError, fingerprint, load_config
+
+ROOT = pathlib.Path(__file__).parent.parent
+CONFIGS = ("configs/minilm_rt_gpart.py", "configs/minilm_rt_lora.py", "configs/minilm_r8_gpart.py")
+
+
+def _suite_file(tmp_path: pathlib.Path, entries: list[tuple[str, list[str]]],
+                name: str = "toy") -> pathlib.Path:
+    path = tmp_path / f"{name}.py"
+    path.write_text(f"def get_suite():\n    return {entries!r}\n")
+    return path
+
+
+def _results(cfg, test: float, validation: float | None = None, fp: str | None = None) -> dict:
+    metric = cfg.task.metric
+    return {"fingerprint": fp or fingerprint(cfg), "workdir": cfg.workdir, "metric": metric,
+            "test": {metric: test, "examples": 10},
+            "validation": {metric: validation or test, "examples": 10},
+            "best_epoch": 1, "steps": 4, "train_time_s": 1.0,
+            "trainable": {"method": cfg.method.name, "trainable": 100, "saved": 7, "total_trainable": 107}}
+
+
+class FakeTrain:
+    """Writes run.json like the trainer, then results.json, or raises for the configs in ``fail``
+    (after run.json, as a run that died midway) or ``interrupt``."""
+
+    def __init__(self, fail=(), interrupt=()):
+        self.fail, self.interrupt, self.calls = set(fail), set(interrupt), []
+
+    def __call__(self, cfg) -> dict:
+        workdir = pathlib.Path(cfg.workdir)
+        self.calls.append((cfg.name, cfg.seed, (workdir / S.RUN).exists()))
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / S.RUN).write_text(json.dumps({"fingerprint": fingerprint(cfg)}))
+        if cfg.name in self.interrupt:
+            raise KeyboardInterrupt
+        if cfg.name in self.fail:
+            raise RuntimeError(f"boom in {cfg.name}")
+        results = _results(cfg, 0.5 + cfg.seed / 100)
+        (workdir / S.RESULTS).write_text(json.dumps(results))
+        return results
+
+
+def _log(runs_dir: pathlib.Path, name: str = "toy") -> list[dict]:
+    return [json.loads(line) for line in (runs_dir / f"{name}.jsonl").read_text().splitlines()]
+
+
+def test_expand_names_workdirs_and_seeds(tmp_path):
+    runs = S.expand([(CONFIGS[0], ["--config.seed=2"]), (CONFIGS[1], [])], tmp_path / "runs")
+    assert [r.name for r in runs] == ["minilm_rt_gpart_s2", "minilm_rt_lora_s0"]
+    assert runs[0].workdir == tmp_path / "runs" / "minilm_rt_gpart_s2"
+    cfg = runs[0].load()
+    assert cfg.seed == 2 and cfg.workdir == str(tmp_path / "runs" / "minilm_rt_gpart_s2")
+    # the run is the same as gpart-jax train with those overrides
+    assert fingerprint(cfg) == fingerprint(load_config(ROOT / CONFIGS[0], ["--config.seed=2"]))
+    with pytest.raises(ConfigError, match="both train in"):
+        S.expand([(CONFIGS[0], ["--config.seed=1"]), (CONFIGS[0], ["--config.seed=1"])], tmp_path)
+    assert [r.name for r in S.select(runs, "*lora*")] == ["minilm_rt_lora_s0"]
+    assert [r.name for r in S.select(runs, "gpart")] == ["minilm_rt_gpart_s2"]
+
+
+def test_stage_a_suite():
+    runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_a.py"))
+    assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
+    cfgs = [r.load() for r in runs]
+    assert {c.task.dataset for c in cfgs} == {"rotten_tomatoes", "r8"}
+    assert {c.method.name for c in cfgs} == {"gpart", "unilora", "lora", "gpart-noniso", "head-only", "full"}
+    assert {c.seed for c in cfgs} == {0, 1, 2}
+    assert all(c.method.d == 23_040 for c in cfgs if "d" in c.method)
+    assert all(c.method.r == 8 for c in cfgs if c.method.name == "lora")
+    assert all(str(r.workdir).startswith("runs/suite/") for r in runs)
+
+
+def test_dry_run_lists_statuses_and_trains_nothing(tmp_path, capsys):
+    entries = [(c, ["--config.seed=0"]) for c in CONFIGS] + [(CONFIGS[0], ["--config.seed=1"])]
+    suite = _suite_file(tmp_path, entries)
+    runs_dir = tmp_path / "runs"
+    runs = S.expand(S.load_suite(suite), runs_dir)
+    done, partial, conflict = (runs[0].load(), runs[1].load(), runs[2].load())
+    for cfg in (done, partial, conflict):
+        pathlib.Path(cfg.workdir).mkdir(parents=True)
+    pathlib.Path(done.workdir, S.RESULTS).write_text(json.dumps(_results(done, 0.7)))
+    pathlib.Path(partial.workdir, S.RUN).write_text(json.dumps({"fingerprint": fingerprint(partial)}))
+    pathlib.Path(conflict.workdir, S.RUN).write_text(json.dumps({"fingerprint": "another config"}))
+
+    def never(cfg):
+        raise AssertionError("a dry run trains nothing")
+
+    records = S.run_suite(suite, runs_dir=runs_dir, dry_run=True, train_fn=never)
+    assert [r["status"] for r in records] == ["done", "partial", "conflict", "pending"]
+    assert all(r["outcome"] is None for r in records)
+    assert not (runs_dir / "toy.jsonl").exists()
+    assert S.summary(records) == "4 runs: 1 done, 1 partial, 1 conflict, 1 pending"
+    assert S.main([str(suite), "--dry-run", "--runs-dir", str(runs_dir)]) == 0
+    assert "minilm_rt_lora_s0: partial" in capsys.readouterr().out
+
+
+def test_runner_skips_resumes_logs_failures_and_goes_on(tmp_path):
+    entries = [(CONFIGS[0], ["--config.seed=0"]), (CONFIGS[1], ["--config.seed=0"]),
+               (CONFIGS[2], ["--config.seed=0"]), (CONFIGS[0], ["--config.seed=1"])]
+    suite = _suite_file(tmp_path, entries)
+    runs_dir = tmp_path / "runs"
+    # first pass: the lora run fails, the r8 run is interrupted (Ctrl-C stops the suite)
+    fake = FakeTrain(fail={"minilm_rt_lora"}, interrupt={"minilm_r8_gpart"})
+    with pytest.raises(KeyboardInterrupt):
+        S.run_suite(suite, runs_dir=runs_dir, train_fn=fake)
+    assert [c[:2] for c in fake.calls] == [("minilm_rt_gpart", 0), ("minilm_rt_lora", 0),
+                                           ("minilm_r8_gpart", 0)]
+    events = [(e["run"], e["event"]) for e in _log(runs_dir)]
+    assert events == [("minilm_rt_gpart_s0", "started"), ("minilm_rt_gpart_s0", "finished"),
+                      ("minilm_rt_lora_s0", "started"), ("minilm_rt_lora_s0", "failed"),
+                      ("minilm_r8_gpart_s0", "started"), ("minilm_r8_gpart_s0", "interrupted")]
+    failed = _log(runs_dir)[3]
+    assert failed["error"] == "RuntimeError: boom in minilm_rt_lora" and "Traceback" in failed["traceback"]
+    dry = S.run_suite(suite, runs_dir=runs_dir, dry_run=True)
+    assert [r["status"] for r in dry] == ["done", "partial", "partial", "pending"]
+
+    # second pass: lora still fails, but the others go on; the done run is skipped, partial ones resume
+    fake = FakeTrain(fail={"minilm_rt_lora"})
+    records = S.run_suite(suite, runs_dir=runs_dir, train_fn=fake)
+    assert [r["outcome"] for r in records] == ["skipped", "failed", "finished", "finished"]
+    assert [r["status"] for r in records] == ["done", "partial", "partial", "pending"]
+    assert fake.calls == [("minilm_rt_lora", 0, True), ("minilm_r8_gpart", 0, True),
+                          ("minilm_rt_gpart", 1, False)]
+
+    # third pass: everything left is done; a fourth trains nothing
+    fake = FakeTrain()
+    assert [r["outcome"] for r in S.run_suite(suite, runs_dir=runs_dir, train_fn=fake)] == [
+        "skipped", "finished", "skipped", "skipped"]
+    fake = FakeTrain()
+    assert {r["outcome"] for r in S.run_suite(suite, runs_dir=runs_dir, train_fn=fake)} == {"skipped"}
+    assert fake.calls == []
+    assert [r["status"] for r in S.run_suite(suite, runs_dir=runs_dir, dry_run=True)] == ["done"] * 4
+
+
+def test_runner_only_and_conflict(tmp_path):
+    suite = _suite_file(tmp_path, [(CONFIGS[0], ["--config.seed=0"]), (CONFIGS[1], ["--config.seed=0"]),
+                                   (CONFIGS[0], ["--config.bogus=1"])])
+    with pytest.raises(ConfigError, match="bogus"):  # a bad override is found before anything runs
+        S.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=FakeTrain())
+    suite = _suite_file(tmp_path, [(CONFIGS[0], ["--config.seed=0"]), (CONFIGS[1], ["--config.seed=0"])])
+    fake = FakeTrain()
+    records = S.run_suite(suite, runs_dir=tmp_path / "runs", only="*lora*", train_fn=fake)
+    assert [r["run"] for r in records] == ["minilm_rt_lora_s0"] and len(fake.calls) == 1
+    # another config's run in the workdir is a conflict: left untouched, logged as failed
+    wd = tmp_path / "runs" / "minilm_rt_gpart_s0"
+    wd.mkdir(parents=True)
+    (wd / S.RUN).write_text(json.dumps({"fingerprint": "another config"}))
+    fake = FakeTrain()
+    records = S.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=fake)
+    assert [(r["status"], r["outcome"]) for r in records] == [("conflict", "failed"), ("done", "skipped")]
+    assert fake.calls == [] and "another config" in records[0]["error"]
+    assert json.loads((wd / S.RUN).read_text()) == {"fingerprint": "another config"}
+    assert _log(tmp_path / "runs")[-2]["event"] == "failed"
+
+
+def _write_done(run: S.Run, test: float, validation: float, fp: str | None = None) -> None:
+    run.workdir.mkdir(parents=True, exist_ok=True)
+    (run.workdir / S.RESULTS).write_text(json.dumps(_results(run.load(), test, validation, fp)))
+
+
+def test_report_mean_std_and_pending(tmp_path):
+    entries = [(c, [f"--config.seed={s}"]) for c in CONFIGS for s in (0, 1, 2)]
+    suite = _suite_file(tmp_path, entries, name="synthetic")
+    runs_dir, out = tmp_path / "runs", tmp_path / "out"
+    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    for seed, test in enumerate((0.80, 0.82, 0.87)):
+        _write_done(runs[f"minilm_rt_gpart_s{seed}"], test, test - 0.01)
+    _write_done(runs["minilm_rt_lora_s1"], 0.75, 0.74)
+    _write_done(runs["minilm_rt_lora_s2"], 0.99, 0.99, fp="another config")  # not this run's: not counted
+    runs["minilm_r8_gpart_s0"].workdir.mkdir(parents=True)
+    (runs["minilm_r8_gpart_s0"].workdir / S.RUN).write_text(
+        json.dumps({"fingerprint": fingerprint(runs["minilm_r8_gpart_s0"].load())}))
+
+    runs_dir.mkdir(exist_ok=True)
+    (runs_dir / "synthetic.jsonl").write_text(  # the suite log: r8 s1 failed; a cut line is ignored
+        json.dumps({"run": "minilm_r8_gpart_s1", "event": "failed"}) + "\n{\"run\": \"minilm_r8\n")
+    doc = R.report(suite, runs_dir, out)
+    cells = {(c["task"], c["method"]): c for c in doc["cells"]}
+    gpart = cells["rotten_tomatoes", "gpart"]
+    assert gpart["n"] == 3 and gpart["expected"] == 3 and gpart["seeds"] == [0, 1, 2]
+    assert gpart["mean"] == pytest.approx(statistics.fmean([0.80, 0.82, 0.87]))
+    assert gpart["std"] == pytest.approx(statistics.stdev([0.80, 0.82, 0.87]))
+    assert gpart["validation_mean"] == pytest.approx(statistics.fmean([0.79, 0.81, 0.86]))
+    assert gpart["trainable"] == 100 and gpart["total_trainable"] == 107 and gpart["not_done"] == {}
+    lora = cells["rotten_tomatoes", "lora"]
+    assert lora["n"] == 1 and lora["mean"] == pytest.approx(0.75) and lora["std"] is None
+    assert lora["not_done"] == {"minilm_rt_lora_s0": "pending", "minilm_rt_lora_s2": "conflict"}
+    r8 = cells["r8", "gpart"]
+    assert r8["n"] == 0 and r8["mean"] is None and r8["metric"] == "mcc"
+    assert r8["not_done"] == {"minilm_r8_gpart_s0": "partial", "minilm_r8_gpart_s1": "failed",
+                              "minilm_r8_gpart_s2": "pending"}
+    cut = {(c["task"], c["key"]): c for c in doc["cuts"]}
+    assert cut["rotten_tomatoes", "task.train_examples"]["identical"]
+    assert cut["rotten_tomatoes", "task.train_examples"]["value"] == 5_632
+    assert not cut["rotten_tomatoes", "optim.adapter_lr"]["identical"]  # LoRA's own rate
+
+    written = json.loads((out / "suite_synthetic.json").read_text())
+    assert written["cells"] == json.loads(json.dumps(doc["cells"]))
+    text = (out / "README.md").read_text()
+    mean, std = 100 * gpart["mean"], 100 * gpart["std"]
+    assert f"| GPart d=23,040 | 100 (+ 7) | 3/3 | {mean:.1f} +- {std:.1f} | 82.0 |" in text
+    assert "| LoRA r=8 | 100 (+ 7) | 1/3, s0 pending, s2 conflict | 75.0 (1 seed) | 74.0 |" in text
+    assert ("| GPart d=23,040 | pending | 0/3, s0 partial, s1 failed, s2 pending | pending | pending |"
+            in text)
+    assert "99.0" not in text  # the other config's result is not shown
+    assert "another model and benchmark" in text and "83.7 (23K)" in text
+    assert "a fixed subset of 5,632 examples" in text
+    assert (out / "suite_synthetic.png").stat().st_size > 0
+
+    # a second report replaces its block and keeps the rest of the README
+    (out / "README.md").write_text(text + "\nhand-written note\n")
+    for seed in (0, 1, 2):
+        (runs[f"minilm_rt_gpart_s{seed}"].workdir / S.RESULTS).unlink()
+    (runs["minilm_rt_lora_s1"].workdir / S.RESULTS).unlink()
+    doc = R.report(suite, runs_dir, out)
+    assert all(c["n"] == 0 for c in doc["cells"])
+    text = (out / "README.md").read_text()
+    assert text.count("<!-- suite_synthetic:start -->") == 1 and "hand-written note" in text
+    assert "82.0" not in text
+    assert not (out / "suite_synthetic.png").exists()  # no results: no (stale) chart
