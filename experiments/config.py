@@ -30,13 +30,16 @@ class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says how to fix it."""
 
 
-def load_file(path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(path)
+def exec_python_file(path: pathlib.Path, what: str, function: str, where: pathlib.Path):
+    """Run a config-like Python file and return its module; it must define ``function``.
+
+    The repository root is on ``sys.path`` meanwhile, so such files share defaults through
+    ``from configs import common``. ``what``/``where`` name the file's kind and home in errors.
+    """
     if not path.is_file():
-        raise ConfigError(f"config file {path} not found; configs live in {ROOT / 'configs'}")
-    spec = importlib.util.spec_from_file_location(f"gpart_config_{path.stem}", path)
+        raise ConfigError(f"{what} file {path} not found; {what}s live in {where}")
+    spec = importlib.util.spec_from_file_location(f"gpart_{what}_{path.stem}", path)
     module = importlib.util.module_from_spec(spec)
-    # config files share defaults through `from configs import common` (the repository root)
     added = str(ROOT) not in sys.path
     if added:
         sys.path.insert(0, str(ROOT))
@@ -45,8 +48,14 @@ def load_file(path) -> ml_collections.ConfigDict:
     finally:
         if added:
             sys.path.remove(str(ROOT))
-    if not hasattr(module, "get_config"):
-        raise ConfigError(f"config file {path} has no get_config() function")
+    if not hasattr(module, function):
+        raise ConfigError(f"{what} file {path} has no {function}() function")
+    return module
+
+
+def load_file(path) -> ml_collections.ConfigDict:
+    path = pathlib.Path(path)
+    module = exec_python_file(path, "config", "get_config", ROOT / "configs")
     cfg = module.get_config()
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")

@@ -28,7 +28,6 @@ import argparse
 import dataclasses
 import datetime
 import fnmatch
-import importlib.util
 import json
 import pathlib
 import sys
@@ -38,7 +37,7 @@ from collections.abc import Callable
 
 import ml_collections
 
-from experiments.config import ROOT, ConfigError, fingerprint, load_config
+from experiments.config import ROOT, ConfigError, exec_python_file, fingerprint, load_config
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs") / "suite"
 # File names of a trainer workdir (experiments.train.RESULTS / RUN; repeated here so that the
@@ -78,20 +77,7 @@ def suite_name(suite_path: str | pathlib.Path) -> str:
 def load_suite(suite_path: str | pathlib.Path) -> list[tuple[str, list[str]]]:
     """The ``(config_path, overrides)`` entries of a suite file's ``get_suite()``."""
     path = pathlib.Path(suite_path)
-    if not path.is_file():
-        raise ConfigError(f"suite file {path} not found; suites live in {ROOT / 'configs' / 'suites'}")
-    spec = importlib.util.spec_from_file_location(f"gpart_suite_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    added = str(ROOT) not in sys.path
-    if added:
-        sys.path.insert(0, str(ROOT))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if added:
-            sys.path.remove(str(ROOT))
-    if not hasattr(module, "get_suite"):
-        raise ConfigError(f"suite file {path} has no get_suite() function")
+    module = exec_python_file(path, "suite", "get_suite", ROOT / "configs" / "suites")
     entries = []
     for entry in module.get_suite():
         if isinstance(entry, (str, pathlib.Path)):
