@@ -48,8 +48,8 @@ def method(name: str, targets: tuple[str, ...] = QV_BERT, modules_to_save: tuple
         options |= {"r": 8, "targets": targets}
     elif name == "vera":
         options |= {"r": 256, "seed": 0, "targets": targets}
-    elif name == "full":
-        options |= {"targets": "all-linear"}
+    elif name == "full":  # the target matrices in full (issue 7: every method on query and value)
+        options |= {"targets": targets}
     elif name != "head-only":
         raise ValueError(f"no defaults for method {name!r}")
     return ml_collections.ConfigDict(options)

@@ -1,4 +1,4 @@
-"""MiniLM-L6 + full fine-tuning of every linear kernel (the head trains as saved module), on Reuters R8.
+"""MiniLM-L6 + full fine-tuning of the query and value kernels (head as saved module), on Reuters R8.
 
 R8's classes are unbalanced (``earn`` is about half of the articles): runs are selected and
 reported by Matthews correlation (accuracy is recorded too). Whole splits (4,898 / 517 / 2,189),
