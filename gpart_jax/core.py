@@ -335,7 +335,7 @@ class GPart:
         ``overrides`` may change ``materialize`` or ``adapted_dtype`` (not the partition).
         """
         layout = tuple(LayoutEntry.from_json(item) for item in spec["layout"])
-        problems = describe_mismatch(layout, base_params)
+        problems = describe_mismatch(layout, flatten_with_paths(base_params)[0])
         if problems:
             raise LayoutMismatchError("the base params do not have the layout this adapter was "
                                       "trained on: " + "; ".join(problems))
@@ -456,7 +456,7 @@ class GPart:
         """
         flat, treedef = flatten_with_paths(base_params)
         index = {path: j for j, (path, _) in enumerate(flat)}
-        problems = describe_mismatch(self.layout, base_params)
+        problems = describe_mismatch(self.layout, flat)
         if problems:
             raise ValueError("base_params does not match the layout this GPart was built for "
                              "(fingerprint " + self.fingerprint[:12] + "): " + "; ".join(problems))

@@ -275,9 +275,9 @@ def fingerprint(layout: Sequence[LayoutEntry], d: int, scheme: str, scope: str) 
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def describe_mismatch(expected: Sequence[LayoutEntry], tree, limit: int = 5) -> list[str]:
-    """Human-readable differences between a layout and the leaves of ``tree`` (first ``limit``)."""
-    flat, _ = flatten_with_paths(tree)
+def describe_mismatch(expected: Sequence[LayoutEntry], flat: list[tuple[str, Any]],
+                      limit: int = 5) -> list[str]:
+    """Differences between a layout and ``flat`` (``flatten_with_paths``'s leaves), first ``limit``."""
     shapes = {p: tuple(getattr(leaf, "shape", ())) for p, leaf in flat}
     problems = []
     for e in expected:
