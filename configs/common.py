@@ -129,3 +129,25 @@ def minilm_r8(method_name: str) -> ml_collections.ConfigDict:
     cfg = minilm(name, method_name, "r8", "mcc", max_length=128)
     cfg.train.epochs = 3
     return cfg
+
+
+# Vision transfer (issue 7, stage f): the project's ViT pretrained on Fashion-MNIST
+# (experiments/pretrain_vit.py: 4 blocks, width 96, patches 7x7; N = 73,728 query/value weights).
+VIT_D = 1_024  # about 72 weights a group, as d = 23,040 keeps on MiniLM q,v (77)
+VIT_EPOCHS = {"mnist5k": 5, "digits": 10}  # 625 and 450 steps of 32
+
+
+def vit(dataset: str, method_name: str) -> ml_collections.ConfigDict:
+    """The pretrained ViT + ``method_name`` on the query and value kernels, a new zero-initialised
+    10-class ``head`` trained in full; ``mnist5k`` (3,986 / 478 / 536) or
+    ``digits`` (8x8 images resized to 28x28; 1,425 / 217 / 155). GPart and Uni-LoRA at
+    d = ``VIT_D``; the other budgets and every learning rate as on MiniLM (``method``, ``optim``)."""
+    if dataset not in VIT_EPOCHS:
+        raise ValueError(f"no ViT defaults for dataset {dataset!r}; one of {sorted(VIT_EPOCHS)}")
+    name = f"vit_{dataset}_{method_name.replace('-', '_')}"
+    cfg = base(name, method_name)
+    cfg.model = ml_collections.ConfigDict({"name": "vit", "pooling": "", "num_layers": 0})
+    cfg.task = text_task(dataset, "accuracy", max_length=0, buckets=())
+    cfg.method = method(method_name, modules_to_save=("head",), d=VIT_D)
+    cfg.train.epochs = VIT_EPOCHS[dataset]
+    return cfg

@@ -5,19 +5,11 @@ about 72 weights a group, as d = 23,040 does on MiniLM (77), where the paper's d
 A new zero-initialised 10-class ``head`` (the pretrained Fashion-MNIST head is replaced).
 Images are scaled as in pretraining (``x / 255``, Fashion-MNIST mean and std). theta lr 5e-3,
 weight decay 0.1, head lr 4e-3, batch 32, 5 epochs of the 3,986 training images (625 steps).
-For ``digits`` (8x8) set ``--config.task.dataset=digits``: images are resized to 28x28
-bilinearly (``experiments/tasks.py``).
+The same on ``digits`` (8x8, resized to 28x28 bilinearly): ``configs/vit_digits_gpart.py``.
 """
-
-import ml_collections
 
 from configs import common
 
 
 def get_config():
-    cfg = common.base("vit_mnist5k_gpart", "gpart")
-    cfg.model = ml_collections.ConfigDict({"name": "vit", "pooling": "", "num_layers": 0})
-    cfg.task = common.text_task("mnist5k", "accuracy", max_length=0, buckets=())
-    cfg.method = common.method("gpart", modules_to_save=("head",), d=1_024)
-    cfg.train.epochs = 5
-    return cfg
+    return common.vit("mnist5k", "gpart")

@@ -34,24 +34,35 @@ from experiments.config import ROOT, ConfigError, fingerprint
 from experiments.suite import DEFAULT_RUNS_DIR, RESULTS, Run, expand, load_suite, run_status, suite_name
 
 OUT = ROOT / "experiments" / "results"
-# The paper's GLUE averages (RoBERTa, 6 GLUE tasks) with trainable counts, as summarised in
-# shared/seed/gpart_article.md. Another model and benchmark: context only, not comparable numbers.
+# The paper's averages with trainable counts, as summarised in shared/seed/gpart_article.md: GLUE
+# (RoBERTa, 6 tasks) beside the text tasks, the eight vision datasets (ViT) beside the image tasks.
+# Another model and benchmark: context only, not comparable numbers.
 PAPER = {
-    "source": "GPart paper, GLUE average (RoBERTa-base / RoBERTa-large), as quoted in gpart_article.md",
+    "source": "GPart paper, GLUE average (RoBERTa-base / RoBERTa-large) and vision average over eight "
+              "datasets (ViT-Base / ViT-Large), as quoted in gpart_article.md",
     "roberta_base": {"gpart": (83.7, "23K"), "gpart-noniso": (80.7, "23K"), "unilora": (83.0, "23K"),
                      "lora": (83.5, "294K"), "vera": (83.4, "43K"), "full": (83.8, None)},
     "roberta_large": {"gpart": (86.3, "23K"), "gpart-noniso": (84.8, "23K"), "unilora": (85.9, "23K"),
                       "lora": (86.7, "786K"), "full": (86.9, None)},
+    "vit_base": {"gpart": (86.19, "72K"), "unilora": (85.15, None), "full": (86.49, None)},
+    "vit_large": {"gpart": (88.14, "144K"), "unilora": (88.00, None), "full": (90.20, None)},
 }
+# Which paper columns sit beside a model's table.
+PAPER_COLUMNS = {"vit": (("vit_base", "ViT-Base, 8 vision datasets avg"),
+                         ("vit_large", "ViT-Large, 8 vision datasets avg"))}
+TEXT_COLUMNS = (("roberta_base", "RoBERTa-base GLUE avg"), ("roberta_large", "RoBERTa-large GLUE avg"))
+MODEL_LABELS = {"minilm": "MiniLM-L6", "vit": "ViT pretrained on Fashion-MNIST", "smollm2": "SmolLM2-135M"}
 METHOD_ORDER = ("gpart", "unilora", "lora", "vera", "gpart-noniso", "head-only", "full")
 METHOD_LABELS = {"gpart": "GPart", "unilora": "Uni-LoRA", "lora": "LoRA", "vera": "VeRA",
                  "gpart-noniso": "GPart non-isometric", "head-only": "head only", "full": "full fine-tuning"}
-TASK_LABELS = {"rotten_tomatoes": "Rotten Tomatoes", "r8": "Reuters R8"}
+TASK_LABELS = {"rotten_tomatoes": "Rotten Tomatoes", "r8": "Reuters R8", "mnist5k": "MNIST-5k",
+               "digits": "digits (8x8)",
+               "20newsgroups": "20 Newsgroups", "election_tweets": "election tweets"}
 # Config keys that cut the data or the training; the report says whether each is the same for
 # every method of a task.
 CUT_KEYS = ("task.train_examples", "task.validation_examples", "task.test_examples", "task.max_length",
             "train.epochs", "train.steps", "train.batch_size", "train.grad_accum", "model.num_layers",
-            "compute_dtype", "optim.head_lr", "optim.warmup_frac")
+            "compute_dtype", "optim.head_lr", "optim.warmup_frac", "optim.weight_decay")
 
 
 def _get(cfg: dict, dotted: str):
@@ -61,8 +72,9 @@ def _get(cfg: dict, dotted: str):
     return node
 
 
-def method_label(method_cfg: dict) -> str:
-    """``GPart d=23,040``, ``LoRA r=8``, ... from a config's ``method`` dict."""
+def method_label(method_cfg: dict, optim_cfg: dict | None = None) -> str:
+    """``GPart d=23,040``, ``LoRA r=8``, ... from a config's ``method`` dict; ``, L2 penalty`` when
+    the config's ``optim`` regularizes with a penalty instead of AdamW's decay."""
     name = method_cfg["name"]
     label = METHOD_LABELS.get(name, name)
     opts = []
@@ -70,6 +82,8 @@ def method_label(method_cfg: dict) -> str:
         opts.append(f"d={method_cfg['d']:,}")
     if name in ("lora", "vera") and "r" in method_cfg:
         opts.append(f"r={method_cfg['r']}")
+    if optim_cfg and optim_cfg.get("regularization") == "l2":
+        opts.append("L2 penalty")
     return f"{label} {', '.join(opts)}".strip()
 
 
@@ -95,8 +109,8 @@ def _run_record(run: Run, last_event: dict | None = None) -> dict:
     if status != "done" and last_event and last_event.get("event") == "failed":
         status = "failed"
     record = {"name": run.name, "config": run.config, "seed": run.seed, "workdir": str(run.workdir),
-              "task": doc["task"]["dataset"], "method": doc["method"]["name"],
-              "method_label": method_label(doc["method"]), "metric": doc["task"]["metric"],
+              "task": doc["task"]["dataset"], "model": doc["model"]["name"], "method": doc["method"]["name"],
+              "method_label": method_label(doc["method"], doc["optim"]), "metric": doc["task"]["metric"],
               "overrides": [o for o in run.overrides
                             if not o.startswith(("--config.seed=", "--config.workdir="))],
               "status": status, "cut": {k: _get(doc, k) for k in CUT_KEYS},
@@ -136,7 +150,7 @@ def summarize(records: list[dict], name: str) -> dict:
             done = [r for r in runs if r["status"] == "done"]
             tests = [r["test"] for r in done]
             cells.append({
-                "task": task, "method": method, "method_label": label,
+                "task": task, "model": runs[0]["model"], "method": method, "method_label": label,
                 "metric": t["metric"], "n": len(done), "expected": len(runs),
                 "seeds": [r["seed"] for r in done], "test": tests,
                 "mean": statistics.fmean(tests) if tests else None,
@@ -228,11 +242,13 @@ def render(doc: dict) -> str:
     for task in tasks:
         cells = [c for c in doc["cells"] if c["task"] == task]
         metric = cells[0]["metric"]
-        lines += [f"**{TASK_LABELS.get(task, task)}** (test {metric} x 100 at the best validation epoch, "
-                  f"mean +- std over seeds)", "",
+        columns = PAPER_COLUMNS.get(cells[0].get("model"), TEXT_COLUMNS)
+        model = MODEL_LABELS.get(cells[0].get("model"), cells[0].get("model") or "")
+        lines += [f"**{TASK_LABELS.get(task, task)}**, {model} (test {metric} x 100 at the best validation "
+                  f"epoch, mean +- std over seeds)", "",
                   f"| method | trainable (+ head) | seeds done | test {metric} | validation {metric} | "
-                  f"paper: RoBERTa-base GLUE avg (trainable) | paper: RoBERTa-large GLUE avg (trainable) |",
-                  "|---|---|---|---|---|---|---|"]
+                  + " | ".join(f"paper: {what} (trainable)" for _, what in columns) + " |",
+                  "|---|---|---|---|---|" + "---|" * len(columns)]
         for c in cells:
             if c["n"] == 0:
                 score, val, counts = "pending", "pending", "pending"
@@ -244,13 +260,17 @@ def render(doc: dict) -> str:
             seeds = f"{c['n']}/{c['expected']}"
             if c["n"] or set(c["not_done"].values()) != {"pending"}:
                 seeds += "".join(f", {n.rsplit('_', 1)[-1]} {s}" for n, s in c["not_done"].items())
+            # the paper's rows are its own recipe (AdamW): none beside a variant it did not run
+            paper = ["-" if "L2 penalty" in c["method_label"] else _paper(c["method"], key)
+                     for key, _ in columns]
             lines.append(f"| {c['method_label']} | {counts} | {seeds} | {score} | {val} | "
-                         f"{_paper(c['method'], 'roberta_base')} | {_paper(c['method'], 'roberta_large')} |")
+                         + " | ".join(paper) + " |")
         lines += ["", _cut_note(doc, task), ""]
-    lines += ["The paper columns are the GPart paper's GLUE averages on RoBERTa (as quoted in "
-              "`gpart_article.md`): **another model and benchmark**, shown for context only; they are not "
-              "comparable with the MiniLM numbers in the same row. Runs without results yet (pending, "
-              "partial, failed) are counted as not done: nothing is filled in for them."]
+    lines += ["The paper columns are the GPart paper's averages (GLUE on RoBERTa beside text tasks, "
+              "eight vision datasets on ViT beside image tasks; as quoted in `gpart_article.md`): "
+              "**another model and benchmark**, shown for context only; they are not comparable with our "
+              "numbers in the same row. Runs without results yet (pending, partial, failed) are counted "
+              "as not done: nothing is filled in for them."]
     return "\n".join(lines)
 
 
@@ -295,7 +315,8 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
         ax.set_ylim(low, high)
         ax.set_ylabel(f"test {cells[0]['metric']} x 100")
         ax.set_title(TASK_LABELS.get(task, task))
-    fig.suptitle(f"suite {doc['suite']}: mean +- std over seeds (MiniLM-L6)")
+    models = sorted({MODEL_LABELS.get(c.get("model"), str(c.get("model"))) for c in doc["cells"]})
+    fig.suptitle(f"suite {doc['suite']}: mean +- std over seeds ({', '.join(models)})")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -85,6 +85,38 @@ def test_stage_a_suite():
     assert all(str(r.workdir).startswith("runs/suite/") for r in runs)
 
 
+def test_ablation_suite_shares_the_adamw_runs_with_stage_a():
+    runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "ablation.py"))
+    stage_a = {r.workdir for r in S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_a.py"))}
+    assert len(runs) == 12
+    cfgs = {r.name: r.load() for r in runs}
+    variants = {(c.method.name, c.optim.regularization) for c in cfgs.values()}
+    assert variants == {(m, reg) for m in ("gpart", "gpart-noniso") for reg in ("decoupled", "l2")}
+    for r in runs:  # AdamW runs are stage (a)'s own workdirs; L2 runs differ from them only there
+        cfg = cfgs[r.name]
+        assert (r.workdir in stage_a) == (cfg.optim.regularization == "decoupled")
+        twin = load_config(ROOT / "configs" / f"minilm_rt_{cfg.method.name.replace('-', '_')}.py",
+                           [f"--config.seed={r.seed}"]).to_dict()
+        mine = cfg.to_dict()
+        for key in ("name", "workdir"):
+            mine.pop(key), twin.pop(key)
+        mine["optim"].pop("regularization"), twin["optim"].pop("regularization")
+        assert mine == twin
+        assert cfg.optim.weight_decay == 0.1 and cfg.method.d == 23_040
+
+
+def test_vision_suite():
+    runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "vision.py"))
+    assert len(runs) == 30 and len({r.workdir for r in runs}) == 30
+    cfgs = [r.load() for r in runs]
+    assert {c.task.dataset for c in cfgs} == {"mnist5k", "digits"}
+    assert {c.method.name for c in cfgs} == {"gpart", "unilora", "lora", "full", "head-only"}
+    assert all(c.model.name == "vit" and c.method.modules_to_save == ("head",) for c in cfgs)
+    assert all(c.method.d == 1_024 for c in cfgs if "d" in c.method)
+    for dataset in ("mnist5k", "digits"):  # one data cut and schedule per task
+        assert len({(c.train.epochs, c.train.batch_size) for c in cfgs if c.task.dataset == dataset}) == 1
+
+
 def test_dry_run_lists_statuses_and_trains_nothing(tmp_path, capsys):
     entries = [(c, ["--config.seed=0"]) for c in CONFIGS] + [(CONFIGS[0], ["--config.seed=1"])]
     suite = _suite_file(tmp_path, entries)
@@ -221,6 +253,7 @@ def test_report_mean_std_and_pending(tmp_path):
     assert "another model and benchmark" in text and "83.7 (23K)" in text
     assert "a fixed subset of 5,632 examples" in text
     assert (out / "suite_synthetic.png").stat().st_size > 0
+    assert "RoBERTa-base GLUE avg" in text and "ViT-Base" not in text
 
     # a second report replaces its block and keeps the rest of the README
     (out / "README.md").write_text(text + "\nhand-written note\n")
@@ -233,3 +266,22 @@ def test_report_mean_std_and_pending(tmp_path):
     assert text.count("<!-- suite_synthetic:start -->") == 1 and "hand-written note" in text
     assert "82.0" not in text
     assert not (out / "suite_synthetic.png").exists()  # no results: no (stale) chart
+
+
+def test_report_labels_l2_variants_and_uses_vision_columns_for_vit(tmp_path):
+    entries = [(f"configs/{c}.py", ["--config.seed=0"])
+               for c in ("minilm_rt_gpart", "minilm_rt_gpart_l2", "vit_digits_gpart")]
+    suite = _suite_file(tmp_path, entries, name="mixed")
+    runs_dir, out = tmp_path / "runs", tmp_path / "out"
+    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    _write_done(runs["minilm_rt_gpart_s0"], 0.81, 0.80)
+    _write_done(runs["minilm_rt_gpart_l2_s0"], 0.70, 0.69)
+    _write_done(runs["vit_digits_gpart_s0"], 0.95, 0.94)
+    doc = R.report(suite, runs_dir, out)
+    labels = {c["method_label"]: c for c in doc["cells"]}
+    assert labels["GPart d=23,040"]["mean"] == pytest.approx(0.81)  # two cells, not one of two seeds
+    assert labels["GPart d=23,040, L2 penalty"]["mean"] == pytest.approx(0.70)
+    text = (out / "README.md").read_text()
+    assert "| GPart d=23,040, L2 penalty | 100 (+ 7) | 1/1 | 70.0 (1 seed) | 69.0 | - | - |" in text
+    assert "| GPart d=1,024 | 100 (+ 7) | 1/1 | 95.0 (1 seed) | 94.0 | 86.19 (72K) | 88.14 (144K) |" in text
+    assert "**digits (8x8)**, ViT pretrained on Fashion-MNIST" in text
