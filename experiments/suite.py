@@ -9,6 +9,8 @@ entries (config paths relative to the repository root; overrides as on the comma
 ``["--config.seed=1"]``). Each run's workdir is ``<runs-dir>/<config stem>_s<seed>`` (default
 ``runs/suite``), set with ``--config.workdir`` and ``--config.seed`` overrides, so a run here is
 the same as ``gpart-jax train --config FILE --config.seed=S --config.workdir=runs/suite/...``.
+Other overrides (a learning-rate sweep: ``--config.optim.adapter_lr=0.01``) name their own
+workdir, ``<config stem>_adapter_lr=0.01_s<seed>``: the last component of each key and its value.
 
 Bookkeeping is the trainer's own (``experiments/train.py``): a workdir with ``results.json`` of
 the run's config is **done** and skipped; one with only ``run.json`` is **partial** and resumes
@@ -87,6 +89,20 @@ def load_suite(suite_path: str | pathlib.Path) -> list[tuple[str, list[str]]]:
     return entries
 
 
+def _tag(overrides: list[str]) -> str:
+    """``_adapter_lr=0.01`` for ``["--config.optim.adapter_lr=0.01"]``: the part of a run's name
+    that tells runs of one config and seed apart (empty without overrides)."""
+    parts = []
+    for o in overrides:
+        key, _, value = o.removeprefix("--config.").partition("=")
+        part = f"{key.rsplit('.', 1)[-1]}={value}"
+        if not all(c.isalnum() or c in "._=+-" for c in part):
+            raise ConfigError(f"override {o!r} cannot name a workdir (only letters, digits and . _ = + -); "
+                              f"put it in a config file of its own")
+        parts.append(part)
+    return "".join("_" + p for p in parts)
+
+
 def expand(entries: list[tuple[str, list[str]]],
            runs_dir: str | pathlib.Path = DEFAULT_RUNS_DIR) -> list[Run]:
     """``Run``s of suite entries: each gets ``--config.seed`` (from its overrides, else the config's
@@ -97,7 +113,7 @@ def expand(entries: list[tuple[str, list[str]]],
         own = [o for o in overrides if not o.startswith(("--config.workdir=", "--config.seed="))]
         seeds = [o.split("=", 1)[1] for o in overrides if o.startswith("--config.seed=")]
         seed = int(seeds[-1]) if seeds else int(load_config(_resolve(config), own).seed)
-        name = f"{pathlib.Path(config).stem}_s{seed}"
+        name = f"{pathlib.Path(config).stem}{_tag(own)}_s{seed}"
         workdir = pathlib.Path(runs_dir) / name
         if name in seen:
             raise ConfigError(f"suite entries {seen[name]} and {(config, overrides)} both train in "

@@ -70,6 +70,13 @@ def test_expand_names_workdirs_and_seeds(tmp_path):
     with pytest.raises(ConfigError, match="both train in"):
         S.expand([(CONFIGS[0], ["--config.seed=1"]), (CONFIGS[0], ["--config.seed=1"])], tmp_path)
     assert [r.name for r in S.select(runs, "*lora*")] == ["minilm_rt_lora_s0"]
+    # other overrides name their own workdir (a sweep of one config and seed)
+    sweep = S.expand([(CONFIGS[0], ["--config.optim.adapter_lr=0.01", "--config.seed=0"]),
+                      (CONFIGS[0], ["--config.seed=0"])], tmp_path / "runs")
+    assert [r.name for r in sweep] == ["minilm_rt_gpart_adapter_lr=0.01_s0", "minilm_rt_gpart_s0"]
+    assert sweep[0].load().optim.adapter_lr == 0.01 and sweep[1].load().optim.adapter_lr == 5e-3
+    with pytest.raises(ConfigError, match="cannot name a workdir"):
+        S.expand([(CONFIGS[0], ["--config.method.targets=('a/b',)"])], tmp_path)
     assert [r.name for r in S.select(runs, "gpart")] == ["minilm_rt_gpart_s2"]
 
 
