@@ -141,6 +141,32 @@ def minilm_r8(method_name: str) -> ml_collections.ConfigDict:
     return cfg
 
 
+# Issue 7, stage (h): the other text tasks, cut like R8 where the texts are long.
+TWEETS_EPOCHS = 2  # the whole 5,134 tweets, 64 tokens: 322 steps
+NG20_TRAIN_EXAMPLES = 2_048  # of 10,138; 2 epochs, the first 64 tokens, as R8
+NG20_EPOCHS = 2
+
+
+def minilm_tweets(method_name: str) -> ml_collections.ConfigDict:
+    """MiniLM + ``method_name`` on the 2016 election tweets (Clinton or Trump, 5,134 / 656 / 644):
+    the whole splits, 64 tokens, 2 epochs; accuracy."""
+    name = "minilm_tweets_" + method_name.replace("-", "_")
+    cfg = minilm(name, method_name, "election_tweets", "accuracy", max_length=64)
+    cfg.train.epochs = TWEETS_EPOCHS
+    return cfg
+
+
+def minilm_20ng(method_name: str) -> ml_collections.ConfigDict:
+    """MiniLM + ``method_name`` on 20 Newsgroups (20 classes, about balanced): a fixed subset of
+    2,048 training posts, 2 epochs, the first 64 tokens; validation (1,124) and test (7,528) whole;
+    accuracy."""
+    name = "minilm_20ng_" + method_name.replace("-", "_")
+    cfg = minilm(name, method_name, "20newsgroups", "accuracy", max_length=64)
+    cfg.task.train_examples = NG20_TRAIN_EXAMPLES
+    cfg.train.epochs = NG20_EPOCHS
+    return cfg
+
+
 # Vision transfer (issue 7, stage f): the project's ViT pretrained on Fashion-MNIST
 # (experiments/pretrain_vit.py: 4 blocks, width 96, patches 7x7; N = 73,728 query/value weights).
 VIT_D = 1_024  # about 72 weights a group, as d = 23,040 keeps on MiniLM q,v (77)

@@ -82,6 +82,8 @@ def method_label(method_cfg: dict, optim_cfg: dict | None = None) -> str:
         opts.append(f"d={method_cfg['d']:,}")
     if name in ("lora", "vera") and "r" in method_cfg:
         opts.append(f"r={method_cfg['r']}")
+    if method_cfg.get("scheme") == "balanced":
+        opts.append("balanced")
     if optim_cfg and optim_cfg.get("regularization") == "l2":
         opts.append("L2 penalty")
     return f"{label} {', '.join(opts)}".strip()

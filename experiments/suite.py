@@ -46,7 +46,7 @@ DEFAULT_RUNS_DIR = pathlib.Path("runs") / "suite"
 # dry run and the report do not import jax).
 RESULTS = "results.json"
 RUN = "run.json"
-STATUSES = ("done", "partial", "pending", "conflict")
+STATUSES = ("done", "partial", "pending", "conflict", "invalid")  # invalid: the config does not load
 
 TrainFn = Callable[[ml_collections.ConfigDict], dict]
 
@@ -199,12 +199,12 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
             cfg = run.load()
             before = run_status(run.workdir, fingerprint(cfg))
         except ConfigError as e:
-            cfg, before = None, "conflict"
+            cfg, before = None, "invalid"
             record["error"] = f"ConfigError: {e}"
         record["status"] = before
         head = f"[{i}/{len(runs)}] {run.name}: {before}"
         if dry_run:
-            print(f"{head}  ({run.workdir})", file=out)
+            print(f"{head}  ({record.get('error', run.workdir)})", file=out)
             records.append(record | {"outcome": None})
             continue
         if before == "done":
@@ -212,7 +212,7 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
             _log(log_path, record | {"event": "skipped"})
             records.append(record | {"outcome": "skipped"})
             continue
-        if before == "conflict":  # the trainer would refuse it; nothing in it is touched
+        if before in ("conflict", "invalid"):  # the trainer would refuse it; nothing is touched
             record.setdefault("error", f"{run.workdir} holds another config's run (or files that are not "
                                        f"a run); move it away to train this run there")
             print(f"{head}, failed: {record['error']}", file=out)

@@ -4,6 +4,7 @@ files. Nothing trains and jax is not needed."""
 
 from __future__ import annotations
 
+import io
 import json
 import pathlib
 import statistics
@@ -112,6 +113,25 @@ def test_ablation_suite_shares_the_adamw_runs_with_stage_a():
         assert cfg.optim.weight_decay == 0.1 and cfg.method.d == 23_040
 
 
+def test_stage_h_suite():
+    runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_h.py"))
+    assert len(runs) == 48 and len({r.workdir for r in runs}) == 48
+    cfgs = {r.name: r.load() for r in runs}
+    assert cfgs["minilm_rt_gpart_balanced_s1"].method.scheme == "balanced"
+    assert cfgs["minilm_rt_gpart_d=2880_s0"].method.d == 2_880
+    assert cfgs["minilm_rt_unilora_d=2880_s2"].method.d == 2_880
+    rt_cut = load_config(ROOT / "configs" / "minilm_rt_gpart.py").task.to_dict()
+    for name, cfg in cfgs.items():
+        if cfg.task.dataset == "rotten_tomatoes":  # stage (a)'s cut, unchanged
+            assert cfg.task.to_dict() == rt_cut, name
+    for dataset in ("election_tweets", "20newsgroups"):  # one cut per task, every method
+        cuts = {(c.task.train_examples, c.task.max_length, c.train.epochs) for c in cfgs.values()
+                if c.task.dataset == dataset}
+        assert len(cuts) == 1, (dataset, cuts)
+        assert {c.method.name for c in cfgs.values() if c.task.dataset == dataset} == {
+            "gpart", "unilora", "lora", "gpart-noniso", "head-only", "full"}
+
+
 def test_vision_suite():
     runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "vision.py"))
     assert len(runs) == 30 and len({r.workdir for r in runs}) == 30
@@ -205,6 +225,15 @@ def test_runner_only_and_conflict(tmp_path):
     assert fake.calls == [] and "another config" in records[0]["error"]
     assert json.loads((wd / S.RUN).read_text()) == {"fingerprint": "another config"}
     assert _log(tmp_path / "runs")[-2]["event"] == "failed"
+    # an entry whose config does not load is "invalid": its error is shown, the others still run
+    bad = _suite_file(tmp_path, [(CONFIGS[1], ["--config.method.no_such_key=1", "--config.seed=0"]),
+                                   (CONFIGS[2], [])], "bad")
+    fake, out = FakeTrain(), io.StringIO()
+    S.run_suite(bad, runs_dir=tmp_path / "runs", dry_run=True, train_fn=fake, out=out)
+    assert "invalid  (ConfigError: unknown config key 'method.no_such_key'" in out.getvalue()
+    records = S.run_suite(bad, runs_dir=tmp_path / "runs", train_fn=fake)
+    assert [(r["status"], r["outcome"]) for r in records] == [("invalid", "failed"), ("pending", "finished")]
+    assert "no_such_key" in records[0]["error"] and len(fake.calls) == 1
 
 
 def _write_done(run: S.Run, test: float, validation: float, fp: str | None = None) -> None:

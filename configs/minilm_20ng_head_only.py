@@ -1,0 +1,11 @@
+"""MiniLM-L6 on 20 Newsgroups: the new head alone (issue 7, stage h).
+
+Query and value kernels of the 6 layers; data cut, epochs and rates: ``configs/common.py``
+(``minilm_20ng``, ``method``, ``optim``).
+"""
+
+from configs import common
+
+
+def get_config():
+    return common.minilm_20ng("head-only")
