@@ -187,3 +187,33 @@ def vit(dataset: str, method_name: str) -> ml_collections.ConfigDict:
     cfg.method = method(method_name, modules_to_save=("head",), d=VIT_D)
     cfg.train.epochs = VIT_EPOCHS[dataset]
     return cfg
+
+
+# Issue 7, stage (g) on the 2-core CPU: SmolLM2-135M-Instruct on GSM-symbolic, cut to about half an
+# hour of training per method (the full recipe is configs/smollm2_gsm_gpart.py, for an accelerator).
+GSM_CPU_TRAIN_EXAMPLES = 512  # of 8,884: 1 epoch, 64 steps of 8
+GSM_CPU_TEST_EXAMPLES = 200  # a fixed subset of the 1,319 GSM8K test problems, the same for every run
+
+
+def smollm2_gsm_cpu(method_name: str) -> ml_collections.ConfigDict:
+    """SmolLM2 + ``method_name`` (GPart or Uni-LoRA at d = 23,040 on q_proj / v_proj of the 30
+    layers) on a fixed 512-problem subset of GSM-symbolic: 1 epoch of 64 steps (batch 8), 384
+    tokens; the held-out answer loss on 128 validation problems (``metric = loss``: no generation
+    during training); the test is greedy generation (256 new tokens) on 200 fixed GSM8K test
+    problems, scored by exact match, and the answer loss on them."""
+    name = "smollm2_gsm_cpu_" + method_name.replace("-", "_")
+    cfg = base(name, method_name)
+    cfg.model = ml_collections.ConfigDict({"name": "smollm2", "pooling": "", "num_layers": 0})
+    cfg.task = text_task("gsm_symbolic", "loss", max_length=384, buckets=(128, 256, 384))
+    cfg.task.test_dataset = "gsm8k"
+    cfg.task.train_examples = GSM_CPU_TRAIN_EXAMPLES
+    cfg.task.validation_examples = 128
+    cfg.task.test_examples = GSM_CPU_TEST_EXAMPLES
+    cfg.task.generate_examples = 0
+    cfg.task.max_new_tokens = 256
+    cfg.method = method(method_name, targets=QV_LLAMA, modules_to_save=())
+    cfg.train.batch_size = 8
+    cfg.train.eval_batch_size = 16
+    cfg.train.epochs = 1
+    cfg.train.checkpoint_every = 8
+    return cfg

@@ -1,13 +1,16 @@
 """The experiment subcommands of ``gpart-jax`` (dispatched here by ``gpart_jax.cli``).
 
     gpart-jax train  [--config FILE] [--config.KEY=VALUE ...]
-    gpart-jax eval   [--config FILE] [--config.KEY=VALUE ...] [--adapter DIR] [--split validation|test|train]
+    gpart-jax eval   [--config FILE] [--config.KEY=VALUE ...] [--adapter DIR | --untuned]
+                     [--split validation|test|train] [--out FILE.json]
     gpart-jax merge  [--config FILE] [--config.KEY=VALUE ...] --adapter DIR --out DIR
     gpart-jax params [--config FILE] [--config.KEY=VALUE ...]
 
 ``--config`` defaults to ``configs/minilm_rt_gpart.py``. ``train`` resumes an interrupted run
 in the config's workdir and skips a finished one. ``eval`` scores an adapter (default: the
-workdir's ``best_adapter``) on a split (default ``validation``) and prints JSON. ``merge`` folds
+workdir's ``best_adapter``) on a split (default ``validation``) and prints JSON (``--out`` also
+writes it to a file); ``--untuned`` scores the model as the method initialises it, which must be
+the base model unchanged (GPart's theta = 0, LoRA's B = 0; the untuned baseline). ``merge`` folds
 an adapter into the base and writes ``params.safetensors`` (flat ``/``-joined flax paths, float32
 or the base dtype; load with ``experiments.models.names.unflatten_params``) plus ``merge.json``.
 ``params`` prints the trainable counts (``gpart_jax.methods.count``) from parameter shapes,
@@ -46,6 +49,8 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace, list[str]]:
     if command == "eval":
         parser.add_argument("--adapter", default=None)
         parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
+        parser.add_argument("--untuned", action="store_true")
+        parser.add_argument("--out", default=None)
     if command == "merge":
         parser.add_argument("--adapter", required=True)
         parser.add_argument("--out", required=True)
@@ -85,15 +90,51 @@ def _load_trainable(cfg, method, adapter: str | None):
     return path, load_adapter(path, method=method)
 
 
-def cmd_eval(cfg, adapter: str | None, split: str) -> int:
-    from experiments.tasks import build_task
+def _untuned_trainable(cfg, task):
+    """The method's initial trainable, checked to leave every base weight as it is."""
+    import jax
+    import numpy as np
+
+    from gpart_jax import trainable as T
+
+    trainable = T.init_trainable(task.method, task.base, task.modules_to_save,
+                                 key=jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    applied = task.method.apply(trainable["adapter"], task.base)
+    changed = [jax.tree_util.keystr(k) for (k, a), b in
+               zip(jax.tree_util.tree_leaves_with_path(applied), jax.tree_util.tree_leaves(task.base),
+                   strict=True) if not np.array_equal(np.asarray(a), np.asarray(b))]
+    if changed:
+        from experiments.tasks import UsageError
+
+        raise UsageError(f"--untuned: {cfg.method.name}'s initial adapter changes {changed[0]} (and "
+                         f"{len(changed) - 1} more), so it is not the untuned model; use a method whose "
+                         f"init is the identity (gpart, lora)")
+    return trainable
+
+
+def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: str | None = None) -> int:
+    from experiments.tasks import UsageError, build_task
     from experiments.train import Runner
 
+    if untuned and adapter:
+        raise UsageError("give --adapter DIR or --untuned, not both")
+    if out and pathlib.Path(out).exists():
+        raise FileExistsError(f"--out {out} exists; remove it or choose another file")
     task = build_task(cfg)
-    path, loaded = _load_trainable(cfg, task.method, adapter)
-    metrics = Runner(task, cfg).evaluate(loaded.trainable, split)
-    print(json.dumps({"adapter": str(path), "split": split, "dataset": task.info["dataset"]
-                      if split != "test" else task.info["test_dataset"], **metrics}, indent=1))
+    if untuned:
+        where, trainable = "untuned (the method's init: the base model)", _untuned_trainable(cfg, task)
+    else:
+        path, loaded = _load_trainable(cfg, task.method, adapter)
+        where, trainable = str(path), loaded.trainable
+    metrics = Runner(task, cfg).evaluate(trainable, split)
+    doc = {"adapter": where, "split": split,
+           "dataset": task.info["dataset"] if split != "test" else task.info["test_dataset"],
+           "examples_in_split": task.info["examples"][split], **metrics,
+           "config": cfg.to_dict(), "fingerprint": fingerprint(cfg)}
+    print(json.dumps({k: v for k, v in doc.items() if k != "config"}, indent=1, default=str))
+    if out:  # with the whole config, so that the file says what it measured
+        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
+        pathlib.Path(out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return 0
 
 
@@ -151,7 +192,7 @@ def main(argv: list[str] | None = None) -> int:
         if command == "train":
             return cmd_train(cfg)
         if command == "eval":
-            return cmd_eval(cfg, options.adapter, options.split)
+            return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
         if command == "merge":
             return cmd_merge(cfg, options.adapter, options.out, options.dtype)
         return cmd_params(cfg)

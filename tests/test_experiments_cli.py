@@ -114,6 +114,22 @@ def test_train_eval_merge(trained, capsys, tmp_path):
     code, out, _ = run(capsys, "eval", *tiny_overrides(workdir), "--split", "test",
                        "--adapter", str(workdir / "best_adapter"))
     assert code == 0 and json.loads(out)["accuracy"] == results["test"]["accuracy"]
+    # --out writes the same numbers with the config; an existing file is not overwritten
+    code, out, err = run(capsys, "eval", *tiny_overrides(workdir), "--out", str(tmp_path / "e.json"))
+    written = json.loads((tmp_path / "e.json").read_text())
+    assert code == 0 and written["accuracy"] == results["validation"]["accuracy"]
+    assert written["config"]["workdir"] == str(workdir) and written["examples_in_split"] == 32
+    code, _, err = run(capsys, "eval", *tiny_overrides(workdir), "--out", str(tmp_path / "e.json"))
+    assert code == 2 and "exists" in err
+    # --untuned: GPart's theta = 0 is the base model (with the run's fresh head)
+    code, out, err = run(capsys, "eval", *tiny_overrides(workdir), "--untuned")
+    assert code == 0, err
+    assert json.loads(out)["adapter"].startswith("untuned")
+    code, _, err = run(capsys, "eval", *tiny_overrides(workdir), "--untuned", "--adapter", "x")
+    assert code == 2 and "not both" in err
+    code, _, err = run(capsys, "eval", *tiny_overrides(workdir, "--config.method.name=unilora",
+                                                         "--config.method.d=512"), "--untuned")
+    assert code == 2 and "not the untuned model" in err
     # merge writes plain params equal to the adapted ones
     adapter = str(workdir / "best_adapter")
     code, out, err = run(capsys, "merge", *tiny_overrides(workdir), "--adapter", adapter,
