@@ -15,7 +15,7 @@ import pathlib
 import re
 
 ROOT = pathlib.Path(__file__).parent.parent
-BLOCKS = {  # README block -> (script, result file, extra arguments of render)
+BLOCKS = {  # README block -> (script, result file, extra arguments of render[, function if not render])
     "bench": ("bench_reparam", "bench_reparam.json", ()),
     "bf16": ("bf16_delta", "bf16_delta.json", ()),
     "size": ("adapter_size", "adapter_size.json", ()),
@@ -24,6 +24,10 @@ BLOCKS = {  # README block -> (script, result file, extra arguments of render)
     "main-job": ("main_job", "main_job/minilm_rt_gpart.json", ()),
     "cost": ("bench_methods", "bench_methods.json", ()),
     "geometry": ("geometry", "geometry.json", ()),
+    "suite-stage-a": ("report", "suite_stage_a.json", (), "compact"),
+    "suite-vision": ("report", "suite_vision.json", (), "compact"),
+    "ablation": ("ablation", "ablation.json", ()),
+    "landscape": ("landscape", "landscape.json", ()),
 }
 
 
@@ -35,9 +39,9 @@ def load_script(name: str):
 
 
 def rendered(block: str) -> str:
-    script, result, args = BLOCKS[block]
+    script, result, args, *function = BLOCKS[block]
     doc = json.loads((ROOT / "experiments" / "results" / result).read_text())
-    return load_script(script).render(doc, *args)
+    return getattr(load_script(script), function[0] if function else "render")(doc, *args)
 
 
 def main():

@@ -276,6 +276,33 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def compact(doc: dict) -> str:
+    """One markdown table of a suite for the top-level README: a row per method, a column per
+    task, each cell ``mean +- std (seeds done)`` of the test metric x 100; ``pending`` where no
+    seed is done."""
+    tasks = list(dict.fromkeys(c["task"] for c in doc["cells"]))
+    labels = list(dict.fromkeys(c["method_label"] for c in doc["cells"]))
+    cells = {(c["task"], c["method_label"]): c for c in doc["cells"]}
+    head = [f"{TASK_LABELS.get(t, t)} ({next(c['metric'] for c in doc['cells'] if c['task'] == t)})"
+            for t in tasks]
+    lines = ["| method | trainable | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(tasks)]
+    for label in labels:
+        row, count = [], "-"
+        for task in tasks:
+            c = cells.get((task, label))
+            if c is None:
+                row.append("")
+            elif c["n"] == 0:
+                row.append("pending")
+            else:
+                std = f" +- {_pct(c['std'])}" if c["std"] is not None else ""
+                row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']})")
+                if count == "-":
+                    count = f"{c['trainable']:,}"
+        lines.append(f"| {label} | {count} | " + " | ".join(row) + " |")
+    return "\n".join(lines)
+
+
 def write_readme(path: pathlib.Path, name: str, body: str) -> None:
     """Put ``body`` between the suite's markers in ``path`` (created if missing, others kept)."""
     start, end = f"<!-- suite_{name}:start -->", f"<!-- suite_{name}:end -->"

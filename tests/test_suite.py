@@ -290,6 +290,10 @@ def test_report_mean_std_and_pending(tmp_path):
     assert "a fixed subset of 5,632 examples" in text
     assert (out / "suite_synthetic.png").stat().st_size > 0
     assert "RoBERTa-base GLUE avg" in text and "ViT-Base" not in text
+    table = R.compact(doc).splitlines()  # the top-level README's view: method x task
+    assert table[0] == "| method | trainable | Rotten Tomatoes (accuracy) | Reuters R8 (mcc) |"
+    assert f"| GPart d=23,040 | 100 | {mean:.1f} +- {std:.1f} (3/3) | pending |" in table
+    assert "| LoRA r=8 | 100 | 75.0 (1/3) |  |" in table
 
     # a second report replaces its block and keeps the rest of the README
     (out / "README.md").write_text(text + "\nhand-written note\n")
