@@ -87,6 +87,14 @@ def base(name: str, method_name: str) -> ml_collections.ConfigDict:
     return cfg
 
 
+def renamed(cfg: ml_collections.ConfigDict, name: str) -> ml_collections.ConfigDict:
+    """``cfg`` under another ``name`` (and its default workdir ``runs/<name>``): a variant of a
+    config that must not share its runs."""
+    cfg.name = name
+    cfg.workdir = f"runs/{name}"
+    return cfg
+
+
 def text_task(dataset: str, metric: str = "accuracy", max_length: int = 64,
               buckets: tuple[int, ...] = (16, 32, 48, 64)) -> ml_collections.ConfigDict:
     """``cfg.task`` of a text classification dataset (whole splits unless cut by the caller)."""

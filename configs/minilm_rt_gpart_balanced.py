@@ -9,8 +9,6 @@ from configs import common
 
 
 def get_config():
-    cfg = common.minilm_rt("gpart")
-    cfg.name = "minilm_rt_gpart_balanced"
-    cfg.workdir = "runs/" + cfg.name
+    cfg = common.renamed(common.minilm_rt("gpart"), "minilm_rt_gpart_balanced")
     cfg.method.scheme = "balanced"
     return cfg

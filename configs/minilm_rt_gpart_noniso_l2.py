@@ -11,8 +11,6 @@ from configs import common
 
 
 def get_config():
-    cfg = common.minilm_rt("gpart-noniso")
-    cfg.name = "minilm_rt_gpart_noniso_l2"
-    cfg.workdir = "runs/" + cfg.name
+    cfg = common.renamed(common.minilm_rt("gpart-noniso"), "minilm_rt_gpart_noniso_l2")
     cfg.optim.regularization = "l2"
     return cfg
