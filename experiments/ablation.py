@@ -93,11 +93,11 @@ def measure(runs_dir: pathlib.Path) -> dict:
             "runs": rows, "cells": cells}
 
 
-def _fmt(stat: dict, scale: float = 1.0, digits: int = 1) -> str:
+def _fmt(stat: dict, scale: float = 1.0, spec: str = ".1f") -> str:
     if stat["mean"] is None:
         return "pending"
-    text = f"{scale * stat['mean']:.{digits}f}"
-    return text + (f" +- {scale * stat['std']:.{digits}f}" if stat["std"] is not None else " (1 seed)")
+    text = f"{scale * stat['mean']:{spec}}"
+    return text + (f" +- {scale * stat['std']:{spec}}" if stat["std"] is not None else " (1 seed)")
 
 
 def render(doc: dict) -> str:
@@ -105,9 +105,9 @@ def render(doc: dict) -> str:
              "‖θ‖² | ‖Δw‖² | measured ‖Δw‖² / ‖θ‖² |", "|---|---|---|---|---|---|---|"]
     for c in doc["cells"]:
         lines.append(f"| {c['label']} | {c['n']}/{c['expected']} | {_fmt(c['test'], 100)} | "
-                     f"{_fmt(c['validation'], 100)} | {_fmt(c['theta_sq'], 1, 2)} | "
-                     f"{_fmt(c['delta_sq'], 1, 2)} | "
-                     f"{_fmt(c['ratio'], 1, 3)} |")
+                     f"{_fmt(c['validation'], 100)} | {_fmt(c['theta_sq'], 1, '.3g')} | "
+                     f"{_fmt(c['delta_sq'], 1, '.3g')} | "
+                     f"{_fmt(c['ratio'], 1, '.3f')} |")
     return "\n".join(lines)
 
 
