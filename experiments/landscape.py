@@ -154,7 +154,8 @@ def plot(doc: dict, path: pathlib.Path) -> None:
                      f"centre {s['centre_loss']:.3f}, ring r=1 {s['ring1_mean_loss']:.3f}, "
                      f"max {s['max_loss']:.2f}", fontsize=9)
         ax.set_xlabel("a (direction u, units of ||theta*||)")
-        ax.set_ylabel("b (direction v, units of ||theta*||)")
+        if ax is axes[0][0]:
+            ax.set_ylabel("b (direction v, units of ||theta*||)")
         ax.set_aspect("equal")
         ax.legend(loc="lower left", fontsize=7)
     fig.colorbar(cs, ax=axes[0].tolist(), label="validation cross-entropy (mean of direction seeds)")
