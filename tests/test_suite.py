@@ -13,7 +13,7 @@ import pytest
 
 from experiments import report as R
 from experiments import suite as S
-from experiments.config import ConfigError, fingerprint, load_config
+from experiments.config import ConfigError, exec_python_file, fingerprint, load_config
 
 ROOT = pathlib.Path(__file__).parent.parent
 CONFIGS = ("configs/minilm_rt_gpart.py", "configs/minilm_rt_lora.py", "configs/minilm_r8_gpart.py")
@@ -111,6 +111,26 @@ def test_ablation_suite_shares_the_adamw_runs_with_stage_a():
         mine["optim"].pop("regularization"), twin["optim"].pop("regularization")
         assert mine == twin
         assert cfg.optim.weight_decay == 0.1 and cfg.method.d == 23_040
+
+
+def test_tuned_suite_uses_the_rates_the_committed_sweep_selected():
+    tuned = exec_python_file(ROOT / "configs" / "suites" / "stage_a_tuned.py", "suite", "get_suite",
+                               ROOT / "configs" / "suites")
+    sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
+    best: dict[str, tuple[float, float]] = {}
+    for r in sweep["runs"]:
+        assert r["status"] == "done", r["name"]
+        rate = r["adapter_lr"]
+        if r["method"] not in best or r["validation"] > best[r["method"]][0]:
+            best[r["method"]] = (r["validation"], rate)
+    assert {m: rate for m, (_, rate) in best.items()} == tuned.SELECTED
+    for m, rate in tuned.DEFAULTS.items():  # the sweep's centre is each config's own rate
+        cfg = load_config(ROOT / "configs" / f"minilm_rt_{m}.py")
+        assert cfg.optim.adapter_lr == rate
+    runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_a_tuned.py"))
+    rates = {(r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
+    assert rates["gpart", 2] == tuned.SELECTED["gpart"] and rates["gpart-noniso", 1] == 5e-3
+    assert len(runs) == 18
 
 
 def test_stage_h_suite():
