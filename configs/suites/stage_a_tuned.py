@@ -26,6 +26,7 @@ def get_suite() -> list[tuple[str, list[str]]]:
     for seed in SEEDS:
         for method in METHODS:
             rate = SELECTED.get(method)
-            extra = [f"--config.optim.adapter_lr={rate:g}"] if rate not in (None, DEFAULTS.get(method)) else []
+            tuned = rate not in (None, DEFAULTS.get(method))
+            extra = [f"--config.optim.adapter_lr={rate:g}"] if tuned else []
             entries.append((f"configs/minilm_rt_{method}.py", [*extra, f"--config.seed={seed}"]))
     return entries
