@@ -169,9 +169,13 @@ def summarize(records: list[dict], name: str) -> dict:
             cuts.append({"task": task, "key": key, "identical": len(distinct) == 1,
                          "value": json.loads(next(iter(distinct))) if len(distinct) == 1 else None,
                          "values": {m: [json.loads(v) for v in vs] for m, vs in values.items()}})
-        rates = {m: runs[0]["adapter_lr"] for (m, _), runs in t["methods"].items()}
-        cuts.append({"task": task, "key": "optim.adapter_lr", "identical": len(set(rates.values())) == 1,
-                     "value": None, "values": rates, "runs": len(all_runs)})
+        rates: dict[str, set] = {}
+        for (m, _), runs in t["methods"].items():
+            rates.setdefault(m, set()).update(r["adapter_lr"] for r in runs)
+        distinct_rates = set().union(*rates.values())
+        cuts.append({"task": task, "key": "optim.adapter_lr", "identical": len(distinct_rates) == 1,
+                     "value": None, "values": {m: sorted(v) for m, v in rates.items()},
+                     "runs": len(all_runs)})
     return {"suite": name, "scale": "metric x 100 in README tables; raw fractions here",
             "std": "sample standard deviation over seeds (ddof 1); null below 2 seeds",
             "selection": "test metric of each run at its best validation step (experiments.train)",
@@ -225,15 +229,29 @@ def _cut_note(doc: dict, task: str) -> str:
     differ = [k for k, c in cuts.items() if not c["identical"] and k != "optim.adapter_lr"]
     note = "Identical for every method (read from the configs): " + "; ".join(parts) + "."
     if differ:
-        note += " **Differs between methods:** " + ", ".join(
-            f"`{k}` ({cuts[k]['values']})" for k in differ) + "."
+        method_of = {c["method_label"]: c["method"] for c in doc["cells"] if c["task"] == task}
+        note += " **Differs between methods:** " + "; ".join(
+            f"`{k}` " + ", ".join(f"{value} ({', '.join(ms)})" for value, ms in _by_value(cuts[k], method_of))
+            for k in differ) + "."
     rates = cuts.get("optim.adapter_lr")
     if rates:
-        note += (" Per method by design (each method's usual rate, not tuned here; `configs/common.py`): "
-                 "adapter lr " + ", ".join(f"{m} {v:g}" for m, v in sorted(rates["values"].items(),
-                                                                      key=lambda kv: _order(kv[0]))
-                                           if m != "head-only") + ".")
+        note += (" Adapter learning rates (each method's usual rate, `configs/common.py`, unless a row's "
+                 "label overrides it): " + ", ".join(
+                     f"{m} {' / '.join(f'{v:g}' for v in vs)}"
+                     for m, vs in sorted(rates["values"].items(), key=lambda kv: _order(kv[0]))
+                     if m != "head-only") + ".")
     return note
+
+
+def _by_value(cut: dict, method_of: dict[str, str]) -> list[tuple[str, list[str]]]:
+    """``[(value, [methods having it])]`` of a setting that differs between the rows of a task."""
+    groups: dict[str, list[str]] = {}
+    for label, values in cut["values"].items():
+        for v in values:
+            methods = groups.setdefault(json.dumps(v), [])
+            if method_of.get(label, label) not in methods:
+                methods.append(method_of.get(label, label))
+    return list(groups.items())
 
 
 def render(doc: dict) -> str:
