@@ -158,7 +158,8 @@ def plot(doc: dict, path: pathlib.Path) -> None:
             ax.set_ylabel("b (direction v, units of ||theta*||)")
         ax.set_aspect("equal")
         ax.legend(loc="lower left", fontsize=7)
-    fig.colorbar(cs, ax=axes[0].tolist(), label="validation cross-entropy (mean of direction seeds)")
+    fig.colorbar(cs, ax=axes[0].tolist(), label="validation cross-entropy (mean of direction seeds)",
+                 format="%.3f")
     fig.suptitle(f"Loss around the converged adapter, MiniLM-L6 on Rotten Tomatoes "
                  f"({runs[0]['eval_examples']} validation examples, {doc['grid']}x{doc['grid']} grid, "
                  f"{len(doc['direction_seeds'])} direction seeds)", fontsize=10)
@@ -169,13 +170,15 @@ def plot(doc: dict, path: pathlib.Path) -> None:
 def render(doc: dict) -> str:
     """Markdown table of the summary numbers (the README and the results README)."""
     lines = ["| adapter | d | ‖θ*‖ | loss at θ* | lowest grid loss (at a, b) | mean loss on ring r=1 | "
-             "spread of ring r=1 between quadrants | mean loss at the 4 corners | max loss |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "rise from θ* to ring r=1 | spread of ring r=1 between quadrants | mean loss at the 4 corners | "
+             "max loss |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in doc["runs"]:
         s = r["summary"]
         lines.append(f"| {LABELS.get(r['method'], r['method'])} | {r['d']:,} | {r['theta_norm']:.3f} | "
                      f"{s['centre_loss']:.3f} | {s['min_loss']:.3f} "
                      f"({s['argmin'][0]:+.2f}, {s['argmin'][1]:+.2f}) | {s['ring1_mean_loss']:.3f} | "
+                     f"{s['ring1_mean_loss'] - s['centre_loss']:+.3f} | "
                      f"{s['ring1_quadrant_spread']:.3f} | {s['corner_loss']:.3f} | "
                      f"{s['max_loss']:.3f} |")
     return "\n".join(lines)
