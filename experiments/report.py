@@ -345,7 +345,9 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
     import matplotlib.pyplot as plt
 
     tasks = list(dict.fromkeys(c["task"] for c in doc["cells"]))
-    fig, axes = plt.subplots(1, len(tasks), figsize=(5.5 * len(tasks), 4), squeeze=False)
+    widest = max(sum(c["task"] == t for c in doc["cells"]) for t in tasks)  # a sweep has many bars
+    width = max(5.5, 0.55 * widest)
+    fig, axes = plt.subplots(1, len(tasks), figsize=(width * len(tasks), 4.5), squeeze=False)
     for ax, task in zip(axes[0], tasks, strict=True):
         cells = [c for c in doc["cells"] if c["task"] == task]
         xs = range(len(cells))
@@ -358,7 +360,8 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
         for x, c in zip(xs, cells, strict=True):  # seeds at the bar's foot; a pending run has no bar
             ax.text(x, low + 0.02 * (high - low), f"n={c['n']}" if c["n"] else "pending", ha="center",
                     va="bottom", fontsize=8, color="white" if c["n"] else "black")
-        ax.set_xticks(list(xs), [c["method_label"] for c in cells], rotation=30, ha="right", fontsize=8)
+        ax.set_xticks(list(xs), [c["method_label"].replace("optim.adapter_lr=", "lr ") for c in cells],
+                      rotation=35, ha="right", fontsize=8)
         ax.set_ylim(low, high)
         ax.set_ylabel(f"test {cells[0]['metric']} x 100")
         ax.set_title(TASK_LABELS.get(task, task))
