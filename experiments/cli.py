@@ -90,15 +90,13 @@ def _load_trainable(cfg, method, adapter: str | None):
     return path, load_adapter(path, method=method)
 
 
-def _untuned_trainable(cfg, task):
-    """The method's initial trainable, checked to leave every base weight as it is."""
+def _untuned_trainable(cfg, task, runner):
+    """The trainable a run of ``cfg`` starts from (``Runner.init_state``), checked to leave every
+    base weight as it is."""
     import jax
     import numpy as np
 
-    from gpart_jax import trainable as T
-
-    trainable = T.init_trainable(task.method, task.base, task.modules_to_save,
-                                 key=jax.random.fold_in(jax.random.key(cfg.seed), 1))
+    trainable = runner.init_state(total_steps=1)["trainable"]
     applied = task.method.apply(trainable["adapter"], task.base)
     changed = [jax.tree_util.keystr(k) for (k, a), b in
                zip(jax.tree_util.tree_leaves_with_path(applied), jax.tree_util.tree_leaves(task.base),
@@ -121,12 +119,14 @@ def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: s
     if out and pathlib.Path(out).exists():
         raise FileExistsError(f"--out {out} exists; remove it or choose another file")
     task = build_task(cfg)
+    runner = Runner(task, cfg)
     if untuned:
-        where, trainable = "untuned (the method's init: the base model)", _untuned_trainable(cfg, task)
+        where = "untuned (the method's init: the base model)"
+        trainable = _untuned_trainable(cfg, task, runner)
     else:
         path, loaded = _load_trainable(cfg, task.method, adapter)
         where, trainable = str(path), loaded.trainable
-    metrics = Runner(task, cfg).evaluate(trainable, split)
+    metrics = runner.evaluate(trainable, split)
     doc = {"adapter": where, "split": split,
            "dataset": task.info["dataset"] if split != "test" else task.info["test_dataset"],
            "examples_in_split": task.info["examples"][split], **metrics,

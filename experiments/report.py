@@ -112,6 +112,7 @@ def _run_record(run: Run, last_event: dict | None = None) -> dict:
         status = "failed"
     record = {"name": run.name, "config": run.config, "seed": run.seed, "workdir": str(run.workdir),
               "task": doc["task"]["dataset"], "model": doc["model"]["name"], "method": doc["method"]["name"],
+              "regularization": doc["optim"]["regularization"],
               "method_label": method_label(doc["method"], doc["optim"]), "metric": doc["task"]["metric"],
               "overrides": [o for o in run.overrides
                             if not o.startswith(("--config.seed=", "--config.workdir="))],
@@ -153,6 +154,7 @@ def summarize(records: list[dict], name: str) -> dict:
             tests = [r["test"] for r in done]
             cells.append({
                 "task": task, "model": runs[0]["model"], "method": method, "method_label": label,
+                "regularization": runs[0]["regularization"],
                 "metric": t["metric"], "n": len(done), "expected": len(runs),
                 "seeds": [r["seed"] for r in done], "test": tests,
                 "mean": statistics.fmean(tests) if tests else None,
@@ -281,7 +283,7 @@ def render(doc: dict) -> str:
             if c["n"] or set(c["not_done"].values()) != {"pending"}:
                 seeds += "".join(f", {n.rsplit('_', 1)[-1]} {s}" for n, s in c["not_done"].items())
             # the paper's rows are its own recipe (AdamW): none beside a variant it did not run
-            paper = ["-" if "L2 penalty" in c["method_label"] else _paper(c["method"], key)
+            paper = ["-" if c.get("regularization") == "l2" else _paper(c["method"], key)
                      for key, _ in columns]
             lines.append(f"| {c['method_label']} | {counts} | {seeds} | {score} | {val} | "
                          + " | ".join(paper) + " |")
