@@ -1,4 +1,5 @@
-"""Evaluation metrics of the experiments: accuracy, Matthews correlation, GSM8K exact match.
+"""Evaluation metrics of the experiments: accuracy, Matthews correlation, GSM8K exact match (and
+its format-free companion, the last number of the generation).
 
 All take host (numpy) arrays of the real examples only; the trainer drops filler rows
 (``weight`` 0) before calling them.
@@ -6,6 +7,7 @@ All take host (numpy) arrays of the real examples only; the trainer drops filler
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 import numpy as np
@@ -67,6 +69,28 @@ def extract_answer(text: str) -> str | None:
         return final_answer("#### " + tail.split()[0])
     except ValueError:
         return None
+
+
+_NUMBER = re.compile(r"\$?\d[\d,]*(?:\.\d+)?")  # unsigned: a hyphen is more often "minus" or a range
+
+
+def last_number(text: str) -> str | None:
+    """The last unsigned number anywhere in ``text`` (before a chat end marker), normalized; None
+    without one. A format-free reading of an answer, for a model that was never taught ``####``
+    (GSM8K's answers are non-negative)."""
+    numbers = _NUMBER.findall(text.split("<|")[0])
+    return normalize_number(numbers[-1].replace("$", "")) if numbers else None
+
+
+def last_number_match(generations: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of generations whose last number (``last_number``) equals the answer: a lenient
+    companion of ``exact_match`` that does not require the ``####`` marker."""
+    if len(generations) != len(answers):
+        raise ValueError(f"{len(generations)} generations for {len(answers)} answers")
+    if not answers:
+        return 0.0
+    hits = [last_number(g) == normalize_number(a) for g, a in zip(generations, answers, strict=True)]
+    return float(np.mean(hits))
 
 
 def exact_match(generations: Sequence[str], answers: Sequence[str]) -> float:

@@ -146,6 +146,7 @@ def summarize(records: list[dict], name: str) -> dict:
             extra = [o.removeprefix("--config.") for o in r["overrides"] if o not in shared]
             label = r["method_label"] + (f" ({', '.join(extra)})" if extra else "")
             t["methods"].setdefault((r["method"], label), []).append(r)
+            r["options"] = extra
     cells, cuts = [], []
     for task, t in tasks.items():
         for key in sorted(t["methods"], key=lambda k: _order(k[0])):
@@ -154,6 +155,7 @@ def summarize(records: list[dict], name: str) -> dict:
             tests = [r["test"] for r in done]
             cells.append({
                 "task": task, "model": runs[0]["model"], "method": method, "method_label": label,
+                "base_label": runs[0]["method_label"], "options": runs[0]["options"],
                 "regularization": runs[0]["regularization"],
                 "metric": t["metric"], "n": len(done), "expected": len(runs),
                 "seeds": [r["seed"] for r in done], "test": tests,
@@ -296,13 +298,23 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def compact(doc: dict) -> str:
+def compact(doc: dict, per_task_options: bool = False) -> str:
     """One markdown table of a suite for the top-level README: a row per method, a column per
     task, each cell ``mean +- std (seeds done)`` of the test metric x 100; ``pending`` where no
-    seed is done."""
+    seed is done. With ``per_task_options`` a row is one method whatever its overrides (say a
+    learning rate chosen per task), and each cell names its own overrides."""
     tasks = list(dict.fromkeys(c["task"] for c in doc["cells"]))
-    labels = list(dict.fromkeys(c["method_label"] for c in doc["cells"]))
-    cells = {(c["task"], c["method_label"]): c for c in doc["cells"]}
+
+    def row_of(c: dict) -> str:
+        return c["base_label"] if per_task_options else c["method_label"]
+
+    labels = list(dict.fromkeys(row_of(c) for c in doc["cells"]))
+    cells: dict[tuple[str, str], dict] = {}
+    for c in doc["cells"]:
+        if (c["task"], row_of(c)) in cells:
+            raise ValueError(f"two cells of {row_of(c)!r} on {c['task']}: per_task_options needs one "
+                             "set of options per method and task")
+        cells[c["task"], row_of(c)] = c
     head = [f"{TASK_LABELS.get(t, t)} ({next(c['metric'] for c in doc['cells'] if c['task'] == t)})"
             for t in tasks]
     lines = ["| method | trainable | " + " | ".join(head) + " |", "|---|---|" + "---|" * len(tasks)]
@@ -316,7 +328,9 @@ def compact(doc: dict) -> str:
                 row.append("pending")
             else:
                 std = f" +- {_pct(c['std'])}" if c["std"] is not None else ""
-                row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']})")
+                options = (f" at {', '.join(o.removeprefix('optim.') for o in c['options'])}"
+                           if per_task_options and c["options"] else "")
+                row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']}){options}")
                 if count == "-":
                     count = f"{c['trainable']:,}"
         lines.append(f"| {label} | {count} | " + " | ".join(row) + " |")

@@ -209,6 +209,7 @@ class Runner:
             if generate and prompts:
                 texts = generate_answers(task, params, prompts, self.cfg.train.eval_batch_size)
                 result["exact_match"] = MX.exact_match(texts, answers)
+                result["last_number_match"] = MX.last_number_match(texts, answers)
                 result["generated"] = len(texts)
                 result["sample"] = texts[0][:300]
         return result
@@ -221,7 +222,8 @@ def evaluate(task: Task, cfg: ml_collections.ConfigDict, trainable, split: str =
     Classification: ``loss`` (mean cross-entropy), ``accuracy``, ``mcc`` (multi-class Matthews
     correlation) and ``examples``, over real rows only (filler rows have weight 0). Causal LM:
     ``loss`` (mean over answer tokens) and, where the split has prompts to generate from,
-    ``exact_match`` (GSM8K: the number after the last ``####`` of the greedy generation).
+    ``exact_match`` (GSM8K: the number after the last ``####`` of the greedy generation) and
+    ``last_number_match`` (the last number of the generation, whatever its format).
     """
     runner = Runner(task, cfg) if runner is None else runner
     return runner.evaluate(trainable, split, generate=generate)

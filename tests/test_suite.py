@@ -118,7 +118,8 @@ def test_tuned_suite_uses_the_rates_the_committed_sweep_selected():
                                ROOT / "configs" / "suites")
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
     best: dict[str, tuple[float, float]] = {}
-    for r in sweep["runs"]:
+    rt = [r for r in sweep["runs"] if r["task"] == "rotten_tomatoes"]
+    for r in sorted(rt, key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
         assert r["status"] == "done", r["name"]
         rate = r["adapter_lr"]
         if r["method"] not in best or r["validation"] > best[r["method"]][0]:
@@ -162,6 +163,30 @@ def test_vision_suite():
     assert all(c.method.d == 1_024 for c in cfgs if "d" in c.method)
     for dataset in ("mnist5k", "digits"):  # one data cut and schedule per task
         assert len({(c.train.epochs, c.train.batch_size) for c in cfgs if c.task.dataset == dataset}) == 1
+
+
+def test_vision_tuned_suite_uses_the_rates_the_committed_sweep_selected():
+    suites = ROOT / "configs" / "suites"
+    tuned = exec_python_file(suites / "vision_tuned.py", "suite", "get_suite", suites)
+    sweep = json.loads((ROOT / "experiments" / "results" / "suite_vision_lr_sweep.json").read_text())
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in sorted(sweep["runs"], key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
+        assert r["status"] == "done", r["name"]
+        key = (r["task"], r["method"])
+        if key not in best or r["validation"] > best[key][0]:
+            best[key] = (r["validation"], r["adapter_lr"])
+    assert {key: rate for key, (_, rate) in best.items()} == tuned.SELECTED
+    for m, rate in tuned.DEFAULTS.items():
+        for task in tuned.TASKS:
+            assert load_config(ROOT / "configs" / f"vit_{task}_{m}.py").optim.adapter_lr == rate
+    runs = S.expand(S.load_suite(suites / "vision_tuned.py"))
+    assert len(runs) == 30 and len({r.workdir for r in runs}) == 30
+    rates = {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
+    assert rates["digits", "gpart", 2] == tuned.SELECTED["digits", "gpart"]
+    assert rates["mnist5k", "head-only", 1] == load_config(
+        ROOT / "configs" / "vit_mnist5k_head_only.py").optim.adapter_lr
+    sweep_dirs = {r["workdir"] for r in sweep["runs"]}
+    assert {str(r.workdir) for r in runs if r.seed == 0 and "head_only" not in r.name} <= sweep_dirs
 
 
 def test_dry_run_lists_statuses_and_trains_nothing(tmp_path, capsys):
@@ -345,3 +370,26 @@ def test_report_labels_l2_variants_and_uses_vision_columns_for_vit(tmp_path):
     assert "| GPart d=23,040, L2 penalty | 100 (+ 7) | 1/1 | 70.0 (1 seed) | 69.0 | - | - |" in text
     assert "| GPart d=1,024 | 100 (+ 7) | 1/1 | 95.0 (1 seed) | 94.0 | 86.19 (72K) | 88.14 (144K) |" in text
     assert "**digits (8x8)**, ViT pretrained on Fashion-MNIST" in text
+
+
+def test_compact_per_task_options_keeps_one_row_per_method(tmp_path):
+    entries = [("configs/minilm_rt_gpart.py", ["--config.optim.adapter_lr=0.01", "--config.seed=0"]),
+               ("configs/minilm_r8_gpart.py", ["--config.optim.adapter_lr=0.02", "--config.seed=0"]),
+               ("configs/minilm_rt_lora.py", ["--config.seed=0"]),
+               ("configs/minilm_r8_lora.py", ["--config.seed=0"])]
+    suite = _suite_file(tmp_path, entries, name="per_task")
+    runs_dir, out = tmp_path / "runs", tmp_path / "out"
+    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    for name, test in (("minilm_rt_gpart_adapter_lr=0.01_s0", 0.81),
+                       ("minilm_r8_gpart_adapter_lr=0.02_s0", 0.9), ("minilm_rt_lora_s0", 0.79)):
+        _write_done(runs[name], test, test)
+    doc = R.report(suite, runs_dir, out)
+    plain = R.compact(doc).splitlines()  # a row per (method, options): GPart splits in two
+    assert len(plain) == 2 + 3
+    table = R.compact(doc, per_task_options=True).splitlines()
+    assert table[2:] == [
+        "| GPart d=23,040 | 100 | 81.0 (1/1) at adapter_lr=0.01 | 90.0 (1/1) at adapter_lr=0.02 |",
+        "| LoRA r=8 | 100 | 79.0 (1/1) | pending |"]
+    doc["cells"].append(dict(doc["cells"][0], method_label="GPart d=23,040 (another)"))
+    with pytest.raises(ValueError, match="two cells of 'GPart d=23,040' on rotten_tomatoes"):
+        R.compact(doc, per_task_options=True)

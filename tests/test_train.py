@@ -328,6 +328,17 @@ def test_exact_match_reads_the_number_after_the_last_marker():
     assert MX.exact_match(["#### 7", "#### 5", "no"], ["7", "6", "1"]) == pytest.approx(1 / 3)
 
 
+def test_last_number_match_needs_no_marker():
+    assert MX.last_number("She pays $1,600.00 in total.<|im_end|> 5") == "1600"
+    assert MX.last_number("3 + 4 = 7, so 10-2.50 is left") == "2.5"
+    assert MX.last_number("#### 7") == "7" and MX.last_number("no digits") is None
+    hits = MX.last_number_match(["the answer is 7", "#### 5", "none"], ["7", "6", "1"])
+    assert hits == pytest.approx(1 / 3)
+    assert MX.exact_match(["the answer is 7"], ["7"]) == 0.0  # the strict score needs ####
+    with pytest.raises(ValueError, match="2 generations for 1 answers"):
+        MX.last_number_match(["1", "2"], ["1"])
+
+
 def test_progress_bar_lines():
     stream = io.StringIO()
     bar = ProgressBar(20, metric_name="accuracy", every=5, stream=stream)
@@ -430,6 +441,7 @@ def test_causal_lm_run_scores_gsm8k_exact_match(tmp_path):
     results = TR.train(cfg, verbose=False)
     assert results["metric"] == "exact_match" and results["validation"]["generated"] == 2
     assert results["test"]["generated"] == 4 and 0 <= results["test"]["exact_match"] <= 1
+    assert 0 <= results["test"]["last_number_match"] <= 1
     assert results["data"]["test_dataset"] == "gsm8k"
 
 
