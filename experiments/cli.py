@@ -6,17 +6,17 @@
     gpart-jax merge  [--config FILE] [--config.KEY=VALUE ...] --adapter DIR --out DIR
     gpart-jax params [--config FILE] [--config.KEY=VALUE ...]
 
-``--config`` defaults to ``configs/minilm_rt_gpart.py``. ``train`` resumes an interrupted run
-in the config's workdir and skips a finished one. ``eval`` scores an adapter (default: the
+``--config`` defaults to ``configs/minilm_rt_gpart.py``. ``train`` resumes an interrupted run in
+the config's workdir and skips a finished one. ``eval`` scores an adapter (default: the
 workdir's ``best_adapter``) on a split (default ``validation``) and prints JSON (``--out`` also
-writes it to a file); ``--untuned`` scores the model as the method initialises it, which must be
-the base model unchanged (GPart's theta = 0, LoRA's B = 0; the untuned baseline). ``merge`` folds
-an adapter into the base and writes ``params.safetensors`` (flat ``/``-joined flax paths, float32
-or the base dtype; load with ``experiments.models.names.unflatten_params``) plus ``merge.json``.
-``params`` prints the trainable counts (``gpart_jax.methods.count``) from parameter shapes,
-without reading weights or data. A bad input (unknown config key, dataset or method, missing
-package, a workdir of another config, an existing output) is one line on stderr and exit code 2;
-nothing is overwritten.
+writes it to a file, with the config and a causal LM's generations); ``--untuned`` scores the
+model as the method initialises it, which must be the base model unchanged (GPart's theta = 0,
+LoRA's B = 0; the untuned baseline). ``merge`` folds an adapter into the base and writes
+``params.safetensors`` (flat ``/``-joined flax paths, float32 or the base dtype; load with
+``experiments.models.names.unflatten_params``) plus ``merge.json``. ``params`` prints the
+trainable counts (``gpart_jax.methods.count``) from parameter shapes, without reading weights or
+data. A bad input (unknown config key, dataset or method, missing package, a workdir of another
+config, an existing output) is one line on stderr and exit code 2; nothing is overwritten.
 """
 
 from __future__ import annotations
@@ -126,13 +126,16 @@ def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: s
     else:
         path, loaded = _load_trainable(cfg, task.method, adapter)
         where, trainable = str(path), loaded.trainable
-    metrics = runner.evaluate(trainable, split)
+    metrics = runner.evaluate(trainable, split, keep_generations=True)
+    generations = metrics.pop("generations", None)
     doc = {"adapter": where, "split": split,
            "dataset": task.info["dataset"] if split != "test" else task.info["test_dataset"],
            "examples_in_split": task.info["examples"][split], **metrics,
            "config": cfg.to_dict(), "fingerprint": fingerprint(cfg)}
     print(json.dumps({k: v for k, v in doc.items() if k != "config"}, indent=1, default=str))
-    if out:  # with the whole config, so that the file says what it measured
+    if out:  # with the whole config (and a causal LM's generations), so that the file says what it measured
+        if generations is not None:
+            doc["generations"] = generations
         pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
     return 0

@@ -24,10 +24,11 @@ uninterrupted run would have (bit for bit on CPU).
 **Workdir** (``cfg.workdir``): ``run.json`` (the config and its fingerprint, written first),
 ``checkpoints/`` (orbax: the last ``train.keep_last`` steps plus the best by validation),
 ``metrics.jsonl`` (one JSON object per log interval, evaluation and event), ``best_adapter/``
-(``gpart_jax.checkpoint.save_adapter`` of the best validation step) and ``results.json`` (written
-last). A workdir with ``results.json`` of the same config is a finished run: ``train`` returns
-its results without training. A workdir of another config, or a non-empty directory that is not
-a run, is refused (``WorkdirError``) and left untouched.
+(``gpart_jax.checkpoint.save_adapter`` of the best validation step), for a causal LM
+``test_generations.jsonl`` (each test prompt's reference answer and greedy generation) and
+``results.json`` (written last). A workdir with ``results.json`` of the same config is a
+finished run: ``train`` returns its results without training. A workdir of another config, or a
+non-empty directory that is not a run, is refused (``WorkdirError``) and left untouched.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ RUN = "run.json"
 METRICS = "metrics.jsonl"
 BEST_ADAPTER = "best_adapter"
 CHECKPOINTS = "checkpoints"
+TEST_GENERATIONS = "test_generations.jsonl"
 
 
 class WorkdirError(UsageError):
@@ -187,8 +189,10 @@ class Runner:
         """The full params of ``trainable`` (the adapter applied once, for evaluation)."""
         return self._merge(jax.device_put(trainable, self.replicated), self.method, self.base)
 
-    def evaluate(self, trainable, split: str, *, generate: bool = True) -> dict:
-        """Metrics of ``trainable`` on ``split`` (see ``evaluate``)."""
+    def evaluate(self, trainable, split: str, *, generate: bool = True,
+                 keep_generations: bool = False) -> dict:
+        """Metrics of ``trainable`` on ``split`` (see ``evaluate``); with ``keep_generations`` a
+        causal LM's result also holds ``generations``: ``{"answer", "generation"}`` per prompt."""
         task = self.task
         params = self.params(trainable)
         keys = task.device_keys()
@@ -212,6 +216,9 @@ class Runner:
                 result["last_number_match"] = MX.last_number_match(texts, answers)
                 result["generated"] = len(texts)
                 result["sample"] = texts[0][:300]
+                if keep_generations:
+                    result["generations"] = [{"answer": a, "generation": t}
+                                             for t, a in zip(texts, answers, strict=True)]
         return result
 
 
@@ -472,7 +479,10 @@ def _finish(cfg, task: Task, runner: Runner, ckpt: RunCheckpointer, abstract, in
                      extra={"step": best["step"], "epoch": best["epoch"], "fingerprint": fp,
                             "validation": best["validation"]})
     t0 = time.perf_counter()
-    test = runner.evaluate(trainable, "test")
+    test = runner.evaluate(trainable, "test", keep_generations=True)
+    generations = test.pop("generations", None)
+    if generations is not None:  # every test generation, to read the scores against
+        _atomic_write(workdir / TEST_GENERATIONS, "".join(json.dumps(g) + "\n" for g in generations))
     _append_metrics(workdir / METRICS, {"step": total, "split": "test", "best_step": best["step"], **test})
     wall_time = info["wall_time_s"] + wall + (time.perf_counter() - t0)
     steps_timed = sorted(info["step_times"][1:]) or sorted(info["step_times"])

@@ -443,6 +443,11 @@ def test_causal_lm_run_scores_gsm8k_exact_match(tmp_path):
     assert results["test"]["generated"] == 4 and 0 <= results["test"]["exact_match"] <= 1
     assert 0 <= results["test"]["last_number_match"] <= 1
     assert results["data"]["test_dataset"] == "gsm8k"
+    lines = (pathlib.Path(cfg.workdir) / TR.TEST_GENERATIONS).read_text().splitlines()
+    kept = [json.loads(line) for line in lines]  # every test generation, scored as the results say
+    assert len(kept) == 4 and "generations" not in results["test"]
+    assert MX.exact_match([g["generation"] for g in kept], [g["answer"] for g in kept]) == \
+        results["test"]["exact_match"]
 
 
 @pytest.mark.parametrize("name", ["head_only", "lora", "unilora", "vera", "gpart_noniso", "full"])
