@@ -28,6 +28,7 @@ BLOCKS = {  # README block -> (script, result file, extra arguments of render[, 
     "suite-stage-a-tuned": ("report", "suite_stage_a_tuned.json", (), "compact"),
     "suite-vision": ("report", "suite_vision.json", (), "compact"),
     "suite-vision-tuned": ("report", "suite_vision_tuned.json", (True,), "compact"),
+    "gsm": ("gsm", "gsm_cpu.json", ()),
     "ablation": ("ablation", "ablation.json", ()),
     "landscape": ("landscape", "landscape.json", ()),
 }
