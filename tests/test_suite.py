@@ -137,6 +137,27 @@ def test_tuned_suite_uses_the_rates_the_committed_sweep_selected():
     assert len(runs) == 18
 
 
+def test_round2_suite_uses_the_rates_the_whole_committed_sweep_selected():
+    suites = ROOT / "configs" / "suites"
+    tuned = exec_python_file(suites / "stage_a_round2.py", "suite", "get_suite", suites)
+    sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
+    short = {"rotten_tomatoes": "rt", "r8": "r8"}
+    best: dict[tuple[str, str], tuple[float, float]] = {}
+    for r in sorted(sweep["runs"], key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
+        assert r["status"] == "done", r["name"]
+        key = (short[r["task"]], r["method"])
+        if key not in best or r["validation"] > best[key][0]:
+            best[key] = (r["validation"], r["adapter_lr"])
+    assert {key: rate for key, (_, rate) in best.items()} == tuned.SELECTED
+    runs = S.expand(S.load_suite(suites / "stage_a_round2.py"))
+    assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
+    rates = {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
+    assert rates["r8", "lora", 2] == 2e-3 and rates["rotten_tomatoes", "gpart-noniso", 1] == 5e-3
+    earlier = {str(r.workdir) for name in ("stage_a.py", "stage_a_tuned.py")
+               for r in S.expand(S.load_suite(suites / name))} | {r["workdir"] for r in sweep["runs"]}
+    assert sum(str(r.workdir) not in earlier for r in runs) == 12  # the docstring's count of new runs
+
+
 def test_stage_h_suite():
     runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_h.py"))
     assert len(runs) == 48 and len({r.workdir for r in runs}) == 48

@@ -1,0 +1,36 @@
+"""Issue 7, stage (a) on both text tasks at the rates the sweep's second round selected, three seeds.
+
+``configs/suites/lr_sweep.py`` (both rounds: Rotten Tomatoes at 0.4x, 1x, 2x and 4x each default,
+R8 at 1x, 2x and 4x; seed 0); ``SELECTED`` below is, per (task, method), the rate with the best
+validation score in ``experiments/results/suite_lr_sweep.json`` (ties go to the lower rate;
+``tests/test_suite.py`` checks it). Rotten Tomatoes: GPart 2e-2, Uni-LoRA 5e-3, LoRA 1e-3, full
+2e-4; R8: GPart 1e-2, Uni-LoRA 1e-2, LoRA 2e-3, full 2e-4. Four of the eight sit at the top of the
+swept range. GPart non-isometric and head-only are not swept (stage (a)'s runs). A run at a
+default rate, or seed 0 at a selected one, is an earlier suite's own workdir: 12 runs are new.
+
+    python -m experiments.suite configs/suites/stage_a_round2.py
+    python -m experiments.report configs/suites/stage_a_round2.py
+"""
+
+from __future__ import annotations
+
+TASKS = ("rt", "r8")
+SEEDS = (0, 1, 2)
+DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}  # configs/common.py
+SELECTED = {
+    ("rt", "gpart"): 2e-2, ("rt", "unilora"): 5e-3, ("rt", "lora"): 1e-3, ("rt", "full"): 2e-4,
+    ("r8", "gpart"): 1e-2, ("r8", "unilora"): 1e-2, ("r8", "lora"): 2e-3, ("r8", "full"): 2e-4,
+}
+METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
+
+
+def get_suite() -> list[tuple[str, list[str]]]:
+    entries = []
+    for seed in SEEDS:
+        for task in TASKS:
+            for method in METHODS:
+                rate = SELECTED.get((task, method))
+                tuned = rate not in (None, DEFAULTS.get(method))
+                extra = [f"--config.optim.adapter_lr={rate:g}"] if tuned else []
+                entries.append((f"configs/minilm_{task}_{method}.py", [*extra, f"--config.seed={seed}"]))
+    return entries
