@@ -113,21 +113,27 @@ def test_ablation_suite_shares_the_adamw_runs_with_stage_a():
         assert cfg.optim.weight_decay == 0.1 and cfg.method.d == 23_040
 
 
+def _selected_rates(sweep_runs: list[dict], key) -> dict:
+    """The rate with the best validation score per ``key(run)`` of finished sweep runs; ties go
+    to the lower rate (the rule the tuned suites' docstrings state)."""
+    best: dict = {}
+    for r in sorted(sweep_runs, key=lambda r: r["adapter_lr"]):
+        assert r["status"] == "done", r["name"]
+        k = key(r)
+        if k not in best or r["validation"] > best[k][0]:
+            best[k] = (r["validation"], r["adapter_lr"])
+    return {k: rate for k, (_, rate) in best.items()}
+
+
 def test_tuned_suite_uses_the_rates_the_committed_sweep_selected():
     tuned = exec_python_file(ROOT / "configs" / "suites" / "stage_a_tuned.py", "suite", "get_suite",
                                ROOT / "configs" / "suites")
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
-    best: dict[str, tuple[float, float]] = {}
     # the sweep's first round on Rotten Tomatoes: 0.4x, 1x and 2x each default (module docstring)
     first = [r for r in sweep["runs"] if r["task"] == "rotten_tomatoes"
              and r["adapter_lr"] <= 2.000001 * tuned.DEFAULTS[r["method"]]]
     assert len(first) == 12
-    for r in sorted(first, key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
-        assert r["status"] == "done", r["name"]
-        rate = r["adapter_lr"]
-        if r["method"] not in best or r["validation"] > best[r["method"]][0]:
-            best[r["method"]] = (r["validation"], rate)
-    assert {m: rate for m, (_, rate) in best.items()} == tuned.SELECTED
+    assert _selected_rates(first, lambda r: r["method"]) == tuned.SELECTED
     for m, rate in tuned.DEFAULTS.items():  # the sweep's centre is each config's own rate
         cfg = load_config(ROOT / "configs" / f"minilm_rt_{m}.py")
         assert cfg.optim.adapter_lr == rate
@@ -142,13 +148,7 @@ def test_round2_suite_uses_the_rates_the_whole_committed_sweep_selected():
     tuned = exec_python_file(suites / "stage_a_round2.py", "suite", "get_suite", suites)
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
     short = {"rotten_tomatoes": "rt", "r8": "r8"}
-    best: dict[tuple[str, str], tuple[float, float]] = {}
-    for r in sorted(sweep["runs"], key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
-        assert r["status"] == "done", r["name"]
-        key = (short[r["task"]], r["method"])
-        if key not in best or r["validation"] > best[key][0]:
-            best[key] = (r["validation"], r["adapter_lr"])
-    assert {key: rate for key, (_, rate) in best.items()} == tuned.SELECTED
+    assert _selected_rates(sweep["runs"], lambda r: (short[r["task"]], r["method"])) == tuned.SELECTED
     runs = S.expand(S.load_suite(suites / "stage_a_round2.py"))
     assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
     rates = {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
@@ -193,13 +193,7 @@ def test_vision_tuned_suite_uses_the_rates_the_committed_sweep_selected():
     suites = ROOT / "configs" / "suites"
     tuned = exec_python_file(suites / "vision_tuned.py", "suite", "get_suite", suites)
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_vision_lr_sweep.json").read_text())
-    best: dict[tuple[str, str], tuple[float, float]] = {}
-    for r in sorted(sweep["runs"], key=lambda r: r["adapter_lr"]):  # ties go to the lower rate
-        assert r["status"] == "done", r["name"]
-        key = (r["task"], r["method"])
-        if key not in best or r["validation"] > best[key][0]:
-            best[key] = (r["validation"], r["adapter_lr"])
-    assert {key: rate for key, (_, rate) in best.items()} == tuned.SELECTED
+    assert _selected_rates(sweep["runs"], lambda r: (r["task"], r["method"])) == tuned.SELECTED
     for m, rate in tuned.DEFAULTS.items():
         for task in tuned.TASKS:
             assert load_config(ROOT / "configs" / f"vit_{task}_{m}.py").optim.adapter_lr == rate
