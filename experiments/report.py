@@ -312,8 +312,9 @@ def compact(doc: dict, per_task_options: bool = False) -> str:
     cells: dict[tuple[str, str], dict] = {}
     for c in doc["cells"]:
         if (c["task"], row_of(c)) in cells:
-            raise ValueError(f"two cells of {row_of(c)!r} on {c['task']}: per_task_options needs one "
-                             "set of options per method and task")
+            raise ValueError(f"two cells of {row_of(c)!r} on {c['task']}: a row holds one cell per task"
+                             + (" (per_task_options needs one set of options per method and task)"
+                                if per_task_options else ""))
         cells[c["task"], row_of(c)] = c
     head = [f"{TASK_LABELS.get(t, t)} ({next(c['metric'] for c in doc['cells'] if c['task'] == t)})"
             for t in tasks]
