@@ -55,11 +55,30 @@ def method(name: str, targets: tuple[str, ...] = QV_BERT, modules_to_save: tuple
     return ml_collections.ConfigDict(options)
 
 
+def adapter_lr(name: str) -> float:
+    """Method ``name``'s usual adapter learning rate (module docstring): theta 5e-3, LoRA 5e-4,
+    VeRA 4e-3, full fine-tuning 5e-5."""
+    return {"lora": 5e-4, "vera": 4e-3, "full": 5e-5}.get(name, 5e-3)
+
+
+def scaled_rate(name: str, multiple: float) -> float:
+    """``multiple`` x ``adapter_lr(name)`` to 3 significant digits (0.4 x 5e-3 is 0.002, not
+    0.0020000000000000005: the override, and so the workdir name, stays short)."""
+    return float(f"{multiple * adapter_lr(name):.3g}")
+
+
+def suite_entry(config: str, name: str, seed: int, rate: float | None = None) -> tuple[str, list[str]]:
+    """A suite entry (``experiments.suite``): ``config`` (a run of method ``name``) with ``seed``,
+    at adapter rate ``rate``. ``rate`` None or ``adapter_lr(name)`` adds no override, so the run
+    is the default-rate run's own workdir, shared with any other suite that lists it."""
+    extra = [] if rate in (None, adapter_lr(name)) else [f"--config.optim.adapter_lr={rate:g}"]
+    return config, [*extra, f"--config.seed={seed}"]
+
+
 def optim(name: str, head_lr: float = 4e-3) -> ml_collections.ConfigDict:
-    """The paper's recipe, with each baseline's usual adapter learning rate (module docstring)."""
-    adapter_lr = {"lora": 5e-4, "vera": 4e-3, "full": 5e-5}.get(name, 5e-3)
+    """The paper's recipe, with each baseline's usual adapter learning rate (``adapter_lr``)."""
     return ml_collections.ConfigDict({
-        "adapter_lr": adapter_lr,
+        "adapter_lr": adapter_lr(name),
         "head_lr": head_lr,
         "warmup_frac": 0.06,
         "weight_decay": 0.01 if name == "full" else 0.1,

@@ -11,11 +11,14 @@ import statistics
 
 import pytest
 
+from configs import common
 from experiments import report as R
 from experiments import suite as S
 from experiments.config import ConfigError, exec_python_file, fingerprint, load_config
 
 ROOT = pathlib.Path(__file__).parent.parent
+# each swept method's usual adapter rate (configs/common.py), the centre of every sweep
+DEFAULT_RATES = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}
 CONFIGS = ("configs/minilm_rt_gpart.py", "configs/minilm_rt_lora.py", "configs/minilm_r8_gpart.py")
 
 
@@ -131,12 +134,13 @@ def test_tuned_suite_uses_the_rates_the_committed_sweep_selected():
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
     # the sweep's first round on Rotten Tomatoes: 0.4x, 1x and 2x each default (module docstring)
     first = [r for r in sweep["runs"] if r["task"] == "rotten_tomatoes"
-             and r["adapter_lr"] <= 2.000001 * tuned.DEFAULTS[r["method"]]]
+             and r["adapter_lr"] <= 2.000001 * common.adapter_lr(r["method"])]
     assert len(first) == 12
     assert _selected_rates(first, lambda r: r["method"]) == tuned.SELECTED
-    for m, rate in tuned.DEFAULTS.items():  # the sweep's centre is each config's own rate
-        cfg = load_config(ROOT / "configs" / f"minilm_rt_{m}.py")
-        assert cfg.optim.adapter_lr == rate
+    for m, rate in DEFAULT_RATES.items():  # the sweep's centre is each config's own rate
+        assert common.adapter_lr(m) == rate
+        for task in ("rt", "r8"):
+            assert load_config(ROOT / "configs" / f"minilm_{task}_{m}.py").optim.adapter_lr == rate
     runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_a_tuned.py"))
     rates = {(r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
     assert rates["gpart", 2] == tuned.SELECTED["gpart"] and rates["gpart-noniso", 1] == 5e-3
@@ -194,7 +198,7 @@ def test_vision_tuned_suite_uses_the_rates_the_committed_sweep_selected():
     tuned = exec_python_file(suites / "vision_tuned.py", "suite", "get_suite", suites)
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_vision_lr_sweep.json").read_text())
     assert _selected_rates(sweep["runs"], lambda r: (r["task"], r["method"])) == tuned.SELECTED
-    for m, rate in tuned.DEFAULTS.items():
+    for m, rate in DEFAULT_RATES.items():
         for task in tuned.TASKS:
             assert load_config(ROOT / "configs" / f"vit_{task}_{m}.py").optim.adapter_lr == rate
     runs = S.expand(S.load_suite(suites / "vision_tuned.py"))

@@ -17,16 +17,13 @@ and GPart non-isometric (the ablation keeps GPart's rates on purpose) are not sw
 
 from __future__ import annotations
 
-DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}  # configs/common.py
-MULTIPLES = {"rt": (0.4, 2, 4), "r8": (2, 4)}  # of the default, which is each task's stage (a) run
+from configs import common
+
+METHODS = ("gpart", "unilora", "lora", "full")
+# of each method's default rate (common.adapter_lr; 1 is each task's stage (a) run)
+MULTIPLES = {"rt": (1, 0.4, 2, 4), "r8": (1, 2, 4)}
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    entries = []
-    for task, multiples in MULTIPLES.items():
-        for method, default in DEFAULTS.items():
-            config = f"configs/minilm_{task}_{method}.py"
-            entries.append((config, ["--config.seed=0"]))
-            entries += [(config, [f"--config.optim.adapter_lr={k * default:.3g}", "--config.seed=0"])
-                        for k in multiples]
-    return entries
+    return [common.suite_entry(f"configs/minilm_{task}_{m}.py", m, 0, common.scaled_rate(m, k))
+            for task, multiples in MULTIPLES.items() for m in METHODS for k in multiples]

@@ -14,9 +14,10 @@ default rate, or seed 0 at a selected one, is an earlier suite's own workdir: 12
 
 from __future__ import annotations
 
+from configs import common
+
 TASKS = ("rt", "r8")
 SEEDS = (0, 1, 2)
-DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}  # configs/common.py
 SELECTED = {
     ("rt", "gpart"): 2e-2, ("rt", "unilora"): 5e-3, ("rt", "lora"): 1e-3, ("rt", "full"): 2e-4,
     ("r8", "gpart"): 1e-2, ("r8", "unilora"): 1e-2, ("r8", "lora"): 2e-3, ("r8", "full"): 2e-4,
@@ -25,12 +26,5 @@ METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    entries = []
-    for seed in SEEDS:
-        for task in TASKS:
-            for method in METHODS:
-                rate = SELECTED.get((task, method))
-                tuned = rate not in (None, DEFAULTS.get(method))
-                extra = [f"--config.optim.adapter_lr={rate:g}"] if tuned else []
-                entries.append((f"configs/minilm_{task}_{method}.py", [*extra, f"--config.seed={seed}"]))
-    return entries
+    return [common.suite_entry(f"configs/minilm_{task}_{m}.py", m, seed, SELECTED.get((task, m)))
+            for seed in SEEDS for task in TASKS for m in METHODS]

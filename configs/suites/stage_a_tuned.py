@@ -17,18 +17,13 @@ seed 0 at a selected rate is the sweep's own run, so 6 runs are new.
 
 from __future__ import annotations
 
+from configs import common
+
 SEEDS = (0, 1, 2)
-DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}  # configs/common.py
 SELECTED = {"gpart": 1e-2, "unilora": 5e-3, "lora": 1e-3, "full": 1e-4}
 METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    entries = []
-    for seed in SEEDS:
-        for method in METHODS:
-            rate = SELECTED.get(method)
-            tuned = rate not in (None, DEFAULTS.get(method))
-            extra = [f"--config.optim.adapter_lr={rate:g}"] if tuned else []
-            entries.append((f"configs/minilm_rt_{method}.py", [*extra, f"--config.seed={seed}"]))
-    return entries
+    return [common.suite_entry(f"configs/minilm_rt_{m}.py", m, seed, SELECTED.get(m))
+            for seed in SEEDS for m in METHODS]

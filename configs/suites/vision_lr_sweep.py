@@ -14,17 +14,13 @@ when 7 of the 8 were best at 4x, 32x and 64x when 7 of 8 were best at 16x.
 
 from __future__ import annotations
 
+from configs import common
+
 TASKS = ("mnist5k", "digits")
-MULTIPLES = (0.4, 2, 4, 8, 16, 32, 64)  # of each method's default rate (configs/common.py)
-DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}
-RATES = {m: tuple(float(f"{k * rate:.3g}") for k in MULTIPLES) for m, rate in DEFAULTS.items()}
+METHODS = ("gpart", "unilora", "lora", "full")
+MULTIPLES = (1, 0.4, 2, 4, 8, 16, 32, 64)  # of each method's default rate (common.adapter_lr)
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    entries = []
-    for task in TASKS:
-        for method, rates in RATES.items():
-            config = f"configs/vit_{task}_{method}.py"
-            entries.append((config, ["--config.seed=0"]))
-            entries += [(config, [f"--config.optim.adapter_lr={lr:g}", "--config.seed=0"]) for lr in rates]
-    return entries
+    return [common.suite_entry(f"configs/vit_{task}_{m}.py", m, 0, common.scaled_rate(m, k))
+            for task in TASKS for m in METHODS for k in MULTIPLES]

@@ -15,10 +15,11 @@ selected rate is the sweep's own run (same workdir).
 
 from __future__ import annotations
 
+from configs import common
+
 TASKS = ("mnist5k", "digits")
 METHODS = ("gpart", "unilora", "lora", "full", "head_only")
 SEEDS = (0, 1, 2)
-DEFAULTS = {"gpart": 5e-3, "unilora": 5e-3, "lora": 5e-4, "full": 5e-5}  # configs/common.py
 SELECTED = {
     ("mnist5k", "gpart"): 8e-2, ("mnist5k", "unilora"): 1.6e-1,
     ("mnist5k", "lora"): 8e-3, ("mnist5k", "full"): 3.2e-3,
@@ -28,12 +29,5 @@ SELECTED = {
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    entries = []
-    for seed in SEEDS:
-        for task in TASKS:
-            for method in METHODS:
-                rate = SELECTED.get((task, method))
-                tuned = rate not in (None, DEFAULTS.get(method))
-                extra = [f"--config.optim.adapter_lr={rate:g}"] if tuned else []
-                entries.append((f"configs/vit_{task}_{method}.py", [*extra, f"--config.seed={seed}"]))
-    return entries
+    return [common.suite_entry(f"configs/vit_{task}_{m}.py", m, seed, SELECTED.get((task, m)))
+            for seed in SEEDS for task in TASKS for m in METHODS]
