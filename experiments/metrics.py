@@ -82,15 +82,20 @@ def last_number(text: str) -> str | None:
     return normalize_number(numbers[-1].replace("$", "")) if numbers else None
 
 
-def last_number_match(generations: Sequence[str], answers: Sequence[str]) -> float:
-    """Fraction of generations whose last number (``last_number``) equals the answer: a lenient
-    companion of ``exact_match`` that does not require the ``####`` marker."""
+def _share_read_right(generations: Sequence[str], answers: Sequence[str], read) -> float:
+    """Fraction of generations whose answer as ``read`` from the text equals the normalized
+    answer (0 for none); a length mismatch is a ValueError."""
     if len(generations) != len(answers):
         raise ValueError(f"{len(generations)} generations for {len(answers)} answers")
     if not answers:
         return 0.0
-    hits = [last_number(g) == normalize_number(a) for g, a in zip(generations, answers, strict=True)]
-    return float(np.mean(hits))
+    return float(np.mean([read(g) == normalize_number(a) for g, a in zip(generations, answers, strict=True)]))
+
+
+def last_number_match(generations: Sequence[str], answers: Sequence[str]) -> float:
+    """Fraction of generations whose last number (``last_number``) equals the answer: a lenient
+    companion of ``exact_match`` that does not require the ``####`` marker."""
+    return _share_read_right(generations, answers, last_number)
 
 
 def exact_match(generations: Sequence[str], answers: Sequence[str]) -> float:
@@ -99,9 +104,4 @@ def exact_match(generations: Sequence[str], answers: Sequence[str]) -> float:
     Both sides are normalized (``normalize_number``: no commas or ``$``, ``8.0 -> 8``); a
     generation without ``####`` counts as wrong.
     """
-    if len(generations) != len(answers):
-        raise ValueError(f"{len(generations)} generations for {len(answers)} answers")
-    if not answers:
-        return 0.0
-    hits = [extract_answer(g) == normalize_number(a) for g, a in zip(generations, answers, strict=True)]
-    return float(np.mean(hits))
+    return _share_read_right(generations, answers, extract_answer)
