@@ -67,12 +67,14 @@ def scaled_rate(name: str, multiple: float) -> float:
     return float(f"{multiple * adapter_lr(name):.3g}")
 
 
-def suite_entry(config: str, name: str, seed: int, rate: float | None = None) -> tuple[str, list[str]]:
+def suite_entry(config: str, name: str, seed: int, rate: float | None = None,
+                extra: tuple[str, ...] = ()) -> tuple[str, list[str]]:
     """A suite entry (``experiments.suite``): ``config`` (a run of method ``name``) with ``seed``,
-    at adapter rate ``rate``. ``rate`` None or ``adapter_lr(name)`` adds no override, so the run
-    is the default-rate run's own workdir, shared with any other suite that lists it."""
-    extra = [] if rate in (None, adapter_lr(name)) else [f"--config.optim.adapter_lr={rate:g}"]
-    return config, [*extra, f"--config.seed={seed}"]
+    at adapter rate ``rate``, plus the overrides ``extra`` (after the rate's). ``rate`` None or
+    ``adapter_lr(name)`` adds no override, so the run is the default-rate run's own workdir, shared
+    with any other suite that lists it."""
+    lr = [] if rate in (None, adapter_lr(name)) else [f"--config.optim.adapter_lr={rate:g}"]
+    return config, [*lr, *extra, f"--config.seed={seed}"]
 
 
 def optim(name: str, head_lr: float = 4e-3) -> ml_collections.ConfigDict:

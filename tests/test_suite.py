@@ -166,9 +166,18 @@ def test_stage_h_suite():
     runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_h.py"))
     assert len(runs) == 48 and len({r.workdir for r in runs}) == 48
     cfgs = {r.name: r.load() for r in runs}
-    assert cfgs["minilm_rt_gpart_balanced_s1"].method.scheme == "balanced"
-    assert cfgs["minilm_rt_gpart_d=2880_s0"].method.d == 2_880
+    assert cfgs["minilm_rt_gpart_balanced_adapter_lr=0.02_s1"].method.scheme == "balanced"
+    assert cfgs["minilm_rt_gpart_adapter_lr=0.02_d=2880_s0"].method.d == 2_880
     assert cfgs["minilm_rt_unilora_d=2880_s2"].method.d == 2_880
+    assert cfgs["minilm_rt_vera_s0"].optim.adapter_lr == 4e-3  # not swept: its default
+    # The second sweep round's rates carry over: Rotten Tomatoes' to the Rotten Tomatoes variants,
+    # R8's to tweets and 20 Newsgroups; GPart non-isometric stays at its default (5e-3).
+    suites = ROOT / "configs" / "suites"
+    selected = exec_python_file(suites / "stage_a_round2.py", "suite", "get_suite", suites).SELECTED
+    for name, cfg in cfgs.items():
+        m = cfg.method.name  # balanced GPart is "gpart" with scheme "balanced"
+        task = "rt" if cfg.task.dataset == "rotten_tomatoes" else "r8"
+        assert cfg.optim.adapter_lr == selected.get((task, m), common.adapter_lr(m)), name
     rt_cut = load_config(ROOT / "configs" / "minilm_rt_gpart.py").task.to_dict()
     for name, cfg in cfgs.items():
         if cfg.task.dataset == "rotten_tomatoes":  # stage (a)'s cut, unchanged
