@@ -152,7 +152,14 @@ def test_round2_suite_uses_the_rates_the_whole_committed_sweep_selected():
     tuned = exec_python_file(suites / "stage_a_round2.py", "suite", "get_suite", suites)
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
     short = {"rotten_tomatoes": "rt", "r8": "r8"}
-    assert _selected_rates(sweep["runs"], lambda r: (short[r["task"]], r["method"])) == tuned.SELECTED
+    second = [r for r in sweep["runs"] if r["adapter_lr"] <= 4.000001 * common.adapter_lr(r["method"])]
+    assert len(second) == 28  # the first two rounds (lr_sweep's docstring)
+    assert _selected_rates(second, lambda r: (short[r["task"]], r["method"])) == tuned.SELECTED
+    # the third round widens exactly the pairs whose pick is 4x, the top of the second round
+    sweep_file = exec_python_file(suites / "lr_sweep.py", "suite", "get_suite", suites)
+    assert set(sweep_file.EIGHT_X) == {k for k, rate in tuned.SELECTED.items()
+                                       if rate == common.scaled_rate(k[1], 4)}
+    assert len(S.expand(S.load_suite(suites / "lr_sweep.py"))) == 32
     runs = S.expand(S.load_suite(suites / "stage_a_round2.py"))
     assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
     rates = {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}

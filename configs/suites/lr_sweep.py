@@ -9,7 +9,9 @@ Tomatoes). Selection is by validation score per task (``experiments/results/READ
 ``lr_sweep``); a method whose best rate is not its default is rerun at that rate for its three
 seeds (``configs/suites/stage_a_tuned.py``). The head's rate (4e-3, the same for every method)
 and GPart non-isometric (the ablation keeps GPart's rates on purpose) are not swept.
-4 methods x (4 rates on Rotten Tomatoes + 3 on R8) = 28 runs, 12 of them new.
+4 methods x (4 rates on Rotten Tomatoes + 3 on R8) = 28 runs, 12 of them new. A third round adds
+8x for the four (task, method) pairs whose best rate was 4x, the top of the second round's range
+(``EIGHT_X``; ``tests/test_suite.py`` checks them against the committed sweep): 32 runs.
 
     python -m experiments.suite configs/suites/lr_sweep.py
     python -m experiments.report configs/suites/lr_sweep.py
@@ -22,8 +24,10 @@ from configs import common
 METHODS = ("gpart", "unilora", "lora", "full")
 # of each method's default rate (common.adapter_lr; 1 is each task's stage (a) run)
 MULTIPLES = {"rt": (1, 0.4, 2, 4), "r8": (1, 2, 4)}
+EIGHT_X = (("rt", "gpart"), ("rt", "full"), ("r8", "lora"), ("r8", "full"))  # the third round
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
     return [common.suite_entry(f"configs/minilm_{task}_{m}.py", m, 0, common.scaled_rate(m, k))
-            for task, multiples in MULTIPLES.items() for m in METHODS for k in multiples]
+            for task, multiples in MULTIPLES.items() for m in METHODS
+            for k in multiples + ((8,) if (task, m) in EIGHT_X else ())]
