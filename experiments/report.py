@@ -298,6 +298,12 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
+def _short_option(override: str) -> str:
+    """``optim.adapter_lr=0.01`` -> ``adapter_lr=0.01``: the last component of the key."""
+    key, _, value = override.partition("=")
+    return f"{key.rsplit('.', 1)[-1]}={value}"
+
+
 def compact(doc: dict, per_task_options: bool = False) -> str:
     """One markdown table of a suite for the top-level README: a row per method, a column per
     task, each cell ``mean +- std (seeds done)`` of the test metric x 100; ``pending`` where no
@@ -329,7 +335,7 @@ def compact(doc: dict, per_task_options: bool = False) -> str:
                 row.append("pending")
             else:
                 std = f" +- {_pct(c['std'])}" if c["std"] is not None else ""
-                options = (f" at {', '.join(o.removeprefix('optim.') for o in c['options'])}"
+                options = (f" at {', '.join(_short_option(o) for o in c['options'])}"
                            if per_task_options and c["options"] else "")
                 row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']}){options}")
                 if count == "-":

@@ -414,19 +414,23 @@ def test_compact_per_task_options_keeps_one_row_per_method(tmp_path):
     entries = [("configs/minilm_rt_gpart.py", ["--config.optim.adapter_lr=0.01", "--config.seed=0"]),
                ("configs/minilm_r8_gpart.py", ["--config.optim.adapter_lr=0.02", "--config.seed=0"]),
                ("configs/minilm_rt_lora.py", ["--config.seed=0"]),
-               ("configs/minilm_r8_lora.py", ["--config.seed=0"])]
+               ("configs/minilm_r8_lora.py", ["--config.seed=0"]),
+               ("configs/minilm_rt_gpart.py", ["--config.optim.adapter_lr=0.01", "--config.method.d=2880",
+                                               "--config.seed=0"])]
     suite = _suite_file(tmp_path, entries, name="per_task")
     runs_dir, out = tmp_path / "runs", tmp_path / "out"
     runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
     for name, test in (("minilm_rt_gpart_adapter_lr=0.01_s0", 0.81),
-                       ("minilm_r8_gpart_adapter_lr=0.02_s0", 0.9), ("minilm_rt_lora_s0", 0.79)):
+                       ("minilm_r8_gpart_adapter_lr=0.02_s0", 0.9), ("minilm_rt_lora_s0", 0.79),
+                       ("minilm_rt_gpart_adapter_lr=0.01_d=2880_s0", 0.77)):
         _write_done(runs[name], test, test)
     doc = R.report(suite, runs_dir, out)
     plain = R.compact(doc).splitlines()  # a row per (method, options): GPart splits in two
-    assert len(plain) == 2 + 3
+    assert len(plain) == 2 + 4
     table = R.compact(doc, per_task_options=True).splitlines()
-    assert table[2:] == [
+    assert table[2:] == [  # each option named by the last component of its key
         "| GPart d=23,040 | 100 | 81.0 (1/1) at adapter_lr=0.01 | 90.0 (1/1) at adapter_lr=0.02 |",
+        "| GPart d=2,880 | 100 | 77.0 (1/1) at adapter_lr=0.01, d=2880 |  |",
         "| LoRA r=8 | 100 | 79.0 (1/1) | pending |"]
     doc["cells"].append(dict(doc["cells"][0], method_label="GPart d=23,040 (another)"))
     with pytest.raises(ValueError, match="two cells of 'GPart d=23,040' on rotten_tomatoes"):
