@@ -298,10 +298,16 @@ def render(doc: dict) -> str:
     return "\n".join(lines)
 
 
-def _short_option(override: str) -> str:
-    """``optim.adapter_lr=0.01`` -> ``adapter_lr=0.01``: the last component of the key."""
-    key, _, value = override.partition("=")
-    return f"{key.rsplit('.', 1)[-1]}={value}"
+def _cell_options(cell: dict) -> list[str]:
+    """A cell's own overrides, each named by the last component of its key
+    (``optim.adapter_lr=0.01`` -> ``adapter_lr=0.01``), less those its method label already
+    shows (``method_label``: d, r, the scheme)."""
+    out = []
+    for override in cell["options"]:
+        key, _, value = override.partition("=")
+        if key not in ("method.d", "method.r", "method.scheme"):
+            out.append(f"{key.rsplit('.', 1)[-1]}={value}")
+    return out
 
 
 def compact(doc: dict, per_task_options: bool = False) -> str:
@@ -335,8 +341,8 @@ def compact(doc: dict, per_task_options: bool = False) -> str:
                 row.append("pending")
             else:
                 std = f" +- {_pct(c['std'])}" if c["std"] is not None else ""
-                options = (f" at {', '.join(_short_option(o) for o in c['options'])}"
-                           if per_task_options and c["options"] else "")
+                options = (f" at {', '.join(_cell_options(c))}"
+                           if per_task_options and _cell_options(c) else "")
                 row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']}){options}")
                 if count == "-":
                     count = f"{c['trainable']:,}"
@@ -379,12 +385,17 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
         done = [m for c, m in zip(cells, means, strict=True) if c["n"]]
         top = [m + e for c, m, e in zip(cells, means, errs, strict=True) if c["n"]]
         low, high = (max(0.0, min(done) - 10), min(100.0, max(top) + 3)) if done else (0.0, 100.0)
-        ax.bar(xs, means, yerr=errs, capsize=4, color="C0")
+        ax.bar(xs, means, color="C0")
+        spread = [i for i, c in enumerate(cells) if c["std"] is not None]
+        if spread:  # one seed has no spread: no error bar rather than a zero-width one
+            ax.errorbar([xs[i] for i in spread], [means[i] for i in spread], [errs[i] for i in spread],
+                        fmt="none", ecolor="black", capsize=4)
         for x, c in zip(xs, cells, strict=True):  # seeds at the bar's foot; a pending run has no bar
             ax.text(x, low + 0.02 * (high - low), f"n={c['n']}" if c["n"] else "pending", ha="center",
                     va="bottom", fontsize=8, color="white" if c["n"] else "black")
-        ax.set_xticks(list(xs), [c["method_label"].replace("optim.adapter_lr=", "lr ") for c in cells],
-                      rotation=35, ha="right", fontsize=8)
+        labels = [c["base_label"] + (f" ({', '.join(_cell_options(c))})".replace("adapter_lr=", "lr ")
+                                     if _cell_options(c) else "") for c in cells]
+        ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(low, high)
         ax.set_ylabel(f"test {cells[0]['metric']} x 100")
         ax.set_title(TASK_LABELS.get(task, task))

@@ -428,9 +428,9 @@ def test_compact_per_task_options_keeps_one_row_per_method(tmp_path):
     plain = R.compact(doc).splitlines()  # a row per (method, options): GPart splits in two
     assert len(plain) == 2 + 4
     table = R.compact(doc, per_task_options=True).splitlines()
-    assert table[2:] == [  # each option named by the last component of its key
+    assert table[2:] == [  # options by the last component of their key, less those the label shows
         "| GPart d=23,040 | 100 | 81.0 (1/1) at adapter_lr=0.01 | 90.0 (1/1) at adapter_lr=0.02 |",
-        "| GPart d=2,880 | 100 | 77.0 (1/1) at adapter_lr=0.01, d=2880 |  |",
+        "| GPart d=2,880 | 100 | 77.0 (1/1) at adapter_lr=0.01 |  |",
         "| LoRA r=8 | 100 | 79.0 (1/1) | pending |"]
     doc["cells"].append(dict(doc["cells"][0], method_label="GPart d=23,040 (another)"))
     with pytest.raises(ValueError, match="two cells of 'GPart d=23,040' on rotten_tomatoes"):
