@@ -113,6 +113,10 @@ def _run_record(run: Run, last_event: dict | None = None) -> dict:
     record = {"name": run.name, "config": run.config, "seed": run.seed, "workdir": str(run.workdir),
               "task": doc["task"]["dataset"], "model": doc["model"]["name"], "method": doc["method"]["name"],
               "regularization": doc["optim"]["regularization"],
+              # a variant the paper's rows do not describe: no paper number beside it
+              "paper_variant": (doc["optim"]["regularization"] == "l2"
+                                or doc["method"].get("scheme") == "balanced"
+                                or any(o.startswith("--config.method.d=") for o in run.overrides)),
               "method_label": method_label(doc["method"], doc["optim"]), "metric": doc["task"]["metric"],
               "overrides": [o for o in run.overrides
                             if not o.startswith(("--config.seed=", "--config.workdir="))],
@@ -156,7 +160,7 @@ def summarize(records: list[dict], name: str) -> dict:
             cells.append({
                 "task": task, "model": runs[0]["model"], "method": method, "method_label": label,
                 "base_label": runs[0]["method_label"], "options": runs[0]["options"],
-                "regularization": runs[0]["regularization"],
+                "regularization": runs[0]["regularization"], "paper_variant": runs[0]["paper_variant"],
                 "metric": t["metric"], "n": len(done), "expected": len(runs),
                 "seeds": [r["seed"] for r in done], "test": tests,
                 "mean": statistics.fmean(tests) if tests else None,
@@ -284,9 +288,10 @@ def render(doc: dict) -> str:
             seeds = f"{c['n']}/{c['expected']}"
             if c["n"] or set(c["not_done"].values()) != {"pending"}:
                 seeds += "".join(f", {n.rsplit('_', 1)[-1]} {s}" for n, s in c["not_done"].items())
-            # the paper's rows are its own recipe (AdamW): none beside a variant it did not run
-            paper = ["-" if c.get("regularization") == "l2" else _paper(c["method"], key)
-                     for key, _ in columns]
+            # the paper's rows are its own recipe (AdamW, its partition, its d): none beside a
+            # variant it did not run (an L2 penalty, the balanced scheme, another d)
+            variant = c.get("paper_variant") or c.get("regularization") == "l2"  # (older JSON: l2 only)
+            paper = ["-" if variant else _paper(c["method"], key) for key, _ in columns]
             lines.append(f"| {c['method_label']} | {counts} | {seeds} | {score} | {val} | "
                          + " | ".join(paper) + " |")
         lines += ["", _cut_note(doc, task), ""]

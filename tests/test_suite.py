@@ -393,19 +393,27 @@ def test_report_mean_std_and_pending(tmp_path):
 
 def test_report_labels_l2_variants_and_uses_vision_columns_for_vit(tmp_path):
     entries = [(f"configs/{c}.py", ["--config.seed=0"])
-               for c in ("minilm_rt_gpart", "minilm_rt_gpart_l2", "vit_digits_gpart")]
+               for c in ("minilm_rt_gpart", "minilm_rt_gpart_l2", "vit_digits_gpart",
+                         "minilm_rt_gpart_balanced")]
+    entries.append(("configs/minilm_rt_unilora.py", ["--config.method.d=2880", "--config.seed=0"]))
     suite = _suite_file(tmp_path, entries, name="mixed")
     runs_dir, out = tmp_path / "runs", tmp_path / "out"
     runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
     _write_done(runs["minilm_rt_gpart_s0"], 0.81, 0.80)
     _write_done(runs["minilm_rt_gpart_l2_s0"], 0.70, 0.69)
     _write_done(runs["vit_digits_gpart_s0"], 0.95, 0.94)
+    _write_done(runs["minilm_rt_gpart_balanced_s0"], 0.82, 0.81)
+    _write_done(runs["minilm_rt_unilora_d=2880_s0"], 0.78, 0.77)
     doc = R.report(suite, runs_dir, out)
     labels = {c["method_label"]: c for c in doc["cells"]}
     assert labels["GPart d=23,040"]["mean"] == pytest.approx(0.81)  # two cells, not one of two seeds
     assert labels["GPart d=23,040, L2 penalty"]["mean"] == pytest.approx(0.70)
     text = (out / "README.md").read_text()
     assert "| GPart d=23,040, L2 penalty | 100 (+ 7) | 1/1 | 70.0 (1 seed) | 69.0 | - | - |" in text
+    # the paper ran neither the balanced scheme nor d = 2,880: no paper number beside them
+    assert "| GPart d=23,040, balanced | 100 (+ 7) | 1/1 | 82.0 (1 seed) | 81.0 | - | - |" in text
+    assert "| Uni-LoRA d=2,880 (method.d=2880) | 100 (+ 7) | 1/1 | 78.0 (1 seed) | 77.0 | - | - |" in text
+    assert "| GPart d=23,040 | 100 (+ 7) | 1/1 | 81.0 (1 seed) | 80.0 | 83.7 (23K) | 86.3 (23K) |" in text
     assert "| GPart d=1,024 | 100 (+ 7) | 1/1 | 95.0 (1 seed) | 94.0 | 86.19 (72K) | 88.14 (144K) |" in text
     assert "**digits (8x8)**, ViT pretrained on Fashion-MNIST" in text
 
