@@ -7,7 +7,8 @@
     gpart-jax params [--config FILE] [--config.KEY=VALUE ...]
 
 ``--config`` defaults to ``configs/minilm_rt_gpart.py``. ``train`` resumes an interrupted run in
-the config's workdir and skips a finished one. ``eval`` scores an adapter (default: the
+the config's workdir and skips a finished one; Ctrl-C or SIGTERM checkpoints its last completed
+step and exits with 130. ``eval`` scores an adapter (default: the
 workdir's ``best_adapter``) on a split (default ``validation``) and prints JSON (``--out`` also
 writes it to a file, with the config and a causal LM's generations); ``--untuned`` scores the
 model as the method initialises it, which must be the base model unchanged (GPart's theta = 0,
@@ -27,6 +28,7 @@ import pathlib
 import sys
 
 from experiments.config import DEFAULT_CONFIG, ConfigError, fingerprint, load_config
+from experiments.signals import sigterm_as_interrupt
 
 USAGE = __doc__.split("\n\n")[1]
 COMMANDS = ("train", "eval", "merge", "params")
@@ -192,13 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         command, options, overrides = parse(argv)
         cfg = load_config(options.config, overrides)
-        if command == "train":
-            return cmd_train(cfg)
-        if command == "eval":
-            return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
-        if command == "merge":
-            return cmd_merge(cfg, options.adapter, options.out, options.dtype)
-        return cmd_params(cfg)
+        with sigterm_as_interrupt():  # kill / preemption: train keeps its last completed step
+            if command == "train":
+                return cmd_train(cfg)
+            if command == "eval":
+                return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
+            if command == "merge":
+                return cmd_merge(cfg, options.adapter, options.out, options.dtype)
+            return cmd_params(cfg)
     except errors as e:
         print(f"gpart-jax {command}: {str(e).strip()}", file=sys.stderr)
         return 2

@@ -18,7 +18,7 @@ from its last checkpoint; an empty or missing one is **pending**. A workdir of a
 a **conflict** (never touched; the trainer refuses it). The suite can be started again and again
 (after a kill, a reboot or a failure) until every run is done. A run that raises is logged and
 the others go on; every start, finish, skip and failure is one JSON line in
-``<runs-dir>/<suite name>.jsonl``. Ctrl-C stops the suite (the interrupted run resumes next
+``<runs-dir>/<suite name>.jsonl``. Ctrl-C or SIGTERM stops the suite (the interrupted run resumes next
 time). The exit code is 0 when every selected run is done, 1 when some failed or are left, 2 for
 a bad suite file. Results are each run's ``results.json``; ``python -m experiments.report``
 collects them.
@@ -40,6 +40,7 @@ from collections.abc import Callable
 import ml_collections
 
 from experiments.config import ROOT, ConfigError, exec_python_file, fingerprint, load_config
+from experiments.signals import sigterm_as_interrupt
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs") / "suite"
 # File names of a trainer workdir (experiments.train.RESULTS / RUN; repeated here so that the
@@ -262,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="parent of the runs' workdirs")
     args = parser.parse_args(argv)
     try:
-        records = run_suite(args.suite, runs_dir=args.runs_dir, only=args.only, dry_run=args.dry_run)
+        with sigterm_as_interrupt():  # kill / preemption: the run in progress keeps its last step
+            records = run_suite(args.suite, runs_dir=args.runs_dir, only=args.only, dry_run=args.dry_run)
     except ConfigError as e:
         print(f"suite: {e}", file=sys.stderr)
         return 2
