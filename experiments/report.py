@@ -346,9 +346,9 @@ def compact(doc: dict, per_task_options: bool = False) -> str:
                 row.append("pending")
             else:
                 std = f" +- {_pct(c['std'])}" if c["std"] is not None else ""
-                options = (f" at {', '.join(_cell_options(c))}"
-                           if per_task_options and _cell_options(c) else "")
-                row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']}){options}")
+                options = _cell_options(c) if per_task_options else []
+                at = f" at {', '.join(options)}" if options else ""
+                row.append(f"{_pct(c['mean'])}{std} ({c['n']}/{c['expected']}){at}")
                 if count == "-":
                     count = f"{c['trainable']:,}"
         lines.append(f"| {label} | {count} | " + " | ".join(row) + " |")
@@ -398,8 +398,8 @@ def plot(doc: dict, path: pathlib.Path) -> bool:
         for x, c in zip(xs, cells, strict=True):  # seeds at the bar's foot; a pending run has no bar
             ax.text(x, low + 0.02 * (high - low), f"n={c['n']}" if c["n"] else "pending", ha="center",
                     va="bottom", fontsize=8, color="white" if c["n"] else "black")
-        labels = [c["base_label"] + (f" ({', '.join(_cell_options(c))})".replace("adapter_lr=", "lr ")
-                                     if _cell_options(c) else "") for c in cells]
+        options = [", ".join(_cell_options(c)).replace("adapter_lr=", "lr ") for c in cells]
+        labels = [c["base_label"] + (f" ({o})" if o else "") for c, o in zip(cells, options, strict=True)]
         ax.set_xticks(list(xs), labels, rotation=35, ha="right", fontsize=8)
         ax.set_ylim(low, high)
         ax.set_ylabel(f"test {cells[0]['metric']} x 100")
