@@ -351,3 +351,28 @@ def test_rotten_tomatoes_bucketing_saves_padding(data_dir: Path, tokenizer: Word
     assert stats["bucketed_slots"] < stats["fixed_slots"] / 2
     committed = json.loads(RESULTS.read_text())["padding_rotten_tomatoes"]["sorted_windows"]
     assert stats | {"window_batches": 50} == committed
+
+
+# The experiments' fixed training subsets (configs/common.py: Rotten Tomatoes 5,632 of 10,243,
+# R8 2,048 of 4,898, 20 Newsgroups 2,048 of 10,138, GSM-symbolic 512 of 8,884, GSM8K 200 of
+# 1,319) come from numpy's default_rng permutation, whose stream numpy may change in a new
+# version. These digests lock the cuts that the committed results used: if one fails, a numpy
+# upgrade changed which examples every run trains on, and the results are no longer comparable.
+SUBSET_DIGESTS = {
+    (10_243, 5_632): "d3be83078ca366f8",
+    (4_898, 2_048): "a2ecb4c6be591b7e",
+    (10_138, 2_048): "a10c7f6db798a2cf",
+    (8_884, 512): "9ec3af6461ef0821",
+    (1_319, 200): "78ed28af907e8525",
+}
+
+
+@pytest.mark.parametrize("total,n", sorted(SUBSET_DIGESTS))
+def test_subset_indices_are_the_committed_cuts(total: int, n: int) -> None:
+    from experiments.tasks import subset_indices
+
+    indices = subset_indices(total, n)
+    assert len(indices) == n and len(np.unique(indices)) == n and 0 <= indices.min() < indices.max() < total
+    digest = hashlib.sha256(np.asarray(indices, "<i8").tobytes()).hexdigest()[:16]
+    assert digest == SUBSET_DIGESTS[total, n], "numpy's default_rng stream changed the fixed subset"
+    assert np.array_equal(subset_indices(total, 0), np.arange(total))

@@ -159,7 +159,13 @@ def test_round2_suite_uses_the_rates_the_whole_committed_sweep_selected():
     sweep_file = exec_python_file(suites / "lr_sweep.py", "suite", "get_suite", suites)
     assert set(sweep_file.EIGHT_X) == {k for k, rate in tuned.SELECTED.items()
                                        if rate == common.scaled_rate(k[1], 4)}
-    assert len(S.expand(S.load_suite(suites / "lr_sweep.py"))) == 32
+    # the fourth round widens exactly the pairs whose pick among rates up to 8x is 8x
+    third = [r for r in sweep["runs"] if r["adapter_lr"] <= 8.000001 * common.adapter_lr(r["method"])]
+    assert len(third) == 32
+    assert set(sweep_file.PAST_EIGHT_X) == {
+        k for k, rate in _selected_rates(third, lambda r: (short[r["task"]], r["method"])).items()
+        if rate == common.scaled_rate(k[1], 8)}
+    assert len(S.expand(S.load_suite(suites / "lr_sweep.py"))) == 38
     runs = S.expand(S.load_suite(suites / "stage_a_round2.py"))
     assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
     rates = {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}

@@ -11,7 +11,9 @@ seeds (``configs/suites/stage_a_tuned.py``). The head's rate (4e-3, the same for
 and GPart non-isometric (the ablation keeps GPart's rates on purpose) are not swept.
 4 methods x (4 rates on Rotten Tomatoes + 3 on R8) = 28 runs, 12 of them new. A third round adds
 8x for the four (task, method) pairs whose best rate was 4x, the top of the second round's range
-(``EIGHT_X``; ``tests/test_suite.py`` checks them against the committed sweep): 32 runs.
+(``EIGHT_X``; ``tests/test_suite.py`` checks them against the committed sweep): 32 runs. Three of
+the four were best at 8x, so a fourth round adds 16x and 32x for those three (``PAST_EIGHT_X``;
+two multiples at once, so that one round brackets the best rate): 38 runs.
 
     python -m experiments.suite configs/suites/lr_sweep.py
     python -m experiments.report configs/suites/lr_sweep.py
@@ -25,9 +27,14 @@ METHODS = ("gpart", "unilora", "lora", "full")
 # of each method's default rate (common.adapter_lr; 1 is each task's stage (a) run)
 MULTIPLES = {"rt": (1, 0.4, 2, 4), "r8": (1, 2, 4)}
 EIGHT_X = (("rt", "gpart"), ("rt", "full"), ("r8", "lora"), ("r8", "full"))  # the third round
+PAST_EIGHT_X = (("rt", "full"), ("r8", "lora"), ("r8", "full"))  # the fourth: 16x and 32x
+
+
+def _multiples(task: str, method: str) -> tuple[float, ...]:
+    return (MULTIPLES[task] + ((8,) if (task, method) in EIGHT_X else ())
+            + ((16, 32) if (task, method) in PAST_EIGHT_X else ()))
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
     return [common.suite_entry(f"configs/minilm_{task}_{m}.py", m, 0, common.scaled_rate(m, k))
-            for task, multiples in MULTIPLES.items() for m in METHODS
-            for k in multiples + ((8,) if (task, m) in EIGHT_X else ())]
+            for task in MULTIPLES for m in METHODS for k in _multiples(task, m)]
