@@ -175,6 +175,26 @@ def test_round2_suite_uses_the_rates_the_whole_committed_sweep_selected():
     assert sum(str(r.workdir) not in earlier for r in runs) == 12  # the docstring's count of new runs
 
 
+def test_round3_suite_uses_the_rates_all_four_sweep_rounds_selected():
+    suites = ROOT / "configs" / "suites"
+    tuned = exec_python_file(suites / "stage_a_round3.py", "suite", "get_suite", suites)
+    round2 = exec_python_file(suites / "stage_a_round2.py", "suite", "get_suite", suites)
+    sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
+    short = {"rotten_tomatoes": "rt", "r8": "r8"}
+    assert len(sweep["runs"]) == 38
+    key = lambda r: (short[r["task"]], r["method"])  # noqa: E731
+    assert _selected_rates(sweep["runs"], key) == tuned.SELECTED
+    for k, rate in tuned.SELECTED.items():  # the docstring: every pick is inside the swept range
+        assert rate < max(r["adapter_lr"] for r in sweep["runs"] if key(r) == k), k
+    assert {k for k in tuned.SELECTED if tuned.SELECTED[k] != round2.SELECTED[k]} == {
+        ("rt", "full"), ("r8", "lora"), ("r8", "full")}  # the docstring's changed picks
+    runs = S.expand(S.load_suite(suites / "stage_a_round3.py"))
+    assert len(runs) == 36 and len({r.workdir for r in runs}) == 36
+    earlier = {str(r.workdir) for name in ("stage_a.py", "stage_a_tuned.py", "stage_a_round2.py")
+               for r in S.expand(S.load_suite(suites / name))} | {r["workdir"] for r in sweep["runs"]}
+    assert sum(str(r.workdir) not in earlier for r in runs) == 6  # the docstring's count of new runs
+
+
 def test_stage_h_suite():
     runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / "stage_h.py"))
     assert len(runs) == 48 and len({r.workdir for r in runs}) == 48
