@@ -77,6 +77,18 @@ def suite_entry(config: str, name: str, seed: int, rate: float | None = None,
     return config, [*lr, *extra, f"--config.seed={seed}"]
 
 
+STAGE_A_METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
+
+
+def stage_a_suite(rates: dict[tuple[str, str], float], tasks: tuple[str, ...] = ("rt", "r8"),
+                  seeds: tuple[int, ...] = (0, 1, 2)) -> list[tuple[str, list[str]]]:
+    """Stage (a)'s grid (issue 7): ``configs/minilm_<task>_<method>.py`` for every task, method of
+    ``STAGE_A_METHODS`` and seed, seed-major (a first pass gives every task and method one seed
+    before any gets a second), each at ``rates[(task, method)]`` or its default rate if absent."""
+    return [suite_entry(f"configs/minilm_{task}_{m}.py", m, seed, rates.get((task, m)))
+            for seed in seeds for task in tasks for m in STAGE_A_METHODS]
+
+
 def optim(name: str, head_lr: float = 4e-3) -> ml_collections.ConfigDict:
     """The paper's recipe, with each baseline's usual adapter learning rate (``adapter_lr``)."""
     return ml_collections.ConfigDict({

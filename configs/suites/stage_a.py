@@ -13,14 +13,12 @@ unchanged (same data cut, epochs, batch and sequence length for every method of 
 
 from __future__ import annotations
 
-TASKS = ("rt", "r8")
-METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
-SEEDS = (0, 1, 2)
+from configs import common
+
 D = 23_040  # the GPart / Uni-LoRA budget; it is the configs' default (checked by tests/test_suite.py)
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
     """``(config path, overrides)`` of every run, seed-major (a first pass gives every method and
     task one seed before any gets a second)."""
-    return [(f"configs/minilm_{task}_{method}.py", [f"--config.seed={seed}"])
-            for seed in SEEDS for task in TASKS for method in METHODS]
+    return common.stage_a_suite({})

@@ -16,15 +16,11 @@ from __future__ import annotations
 
 from configs import common
 
-TASKS = ("rt", "r8")
-SEEDS = (0, 1, 2)
 SELECTED = {
     ("rt", "gpart"): 2e-2, ("rt", "unilora"): 5e-3, ("rt", "lora"): 1e-3, ("rt", "full"): 2e-4,
     ("r8", "gpart"): 1e-2, ("r8", "unilora"): 1e-2, ("r8", "lora"): 2e-3, ("r8", "full"): 2e-4,
 }
-METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    return [common.suite_entry(f"configs/minilm_{task}_{m}.py", m, seed, SELECTED.get((task, m)))
-            for seed in SEEDS for task in TASKS for m in METHODS]
+    return common.stage_a_suite(SELECTED)

@@ -19,11 +19,8 @@ from __future__ import annotations
 
 from configs import common
 
-SEEDS = (0, 1, 2)
 SELECTED = {"gpart": 1e-2, "unilora": 5e-3, "lora": 1e-3, "full": 1e-4}
-METHODS = ("gpart", "unilora", "lora", "gpart_noniso", "head_only", "full")
 
 
 def get_suite() -> list[tuple[str, list[str]]]:
-    return [common.suite_entry(f"configs/minilm_rt_{m}.py", m, seed, SELECTED.get(m))
-            for seed in SEEDS for m in METHODS]
+    return common.stage_a_suite({("rt", m): rate for m, rate in SELECTED.items()}, tasks=("rt",))
