@@ -182,7 +182,10 @@ def test_round3_suite_uses_the_rates_all_four_sweep_rounds_selected():
     sweep = json.loads((ROOT / "experiments" / "results" / "suite_lr_sweep.json").read_text())
     short = {"rotten_tomatoes": "rt", "r8": "r8"}
     assert len(sweep["runs"]) == 38
-    key = lambda r: (short[r["task"]], r["method"])  # noqa: E731
+
+    def key(run: dict) -> tuple[str, str]:
+        return short[run["task"]], run["method"]
+
     assert _selected_rates(sweep["runs"], key) == tuned.SELECTED
     for k, rate in tuned.SELECTED.items():  # the docstring: every pick is inside the swept range
         assert rate < max(r["adapter_lr"] for r in sweep["runs"] if key(r) == k), k
