@@ -3,14 +3,15 @@
 # environment, then fine-tune MiniLM with GPart on Rotten Tomatoes (the default config).
 #   bash experiments/main.sh                                  # the quick start
 #   bash experiments/main.sh configs/minilm_rt_head_only.py   # another config (same steps)
-# The run's results.json (runs/<config>/) is copied to experiments/results/main_job/<config>.json
-# with the install and training wall times next to it (<config>.timing.json).
+# Everything it writes goes to the run's workdir (runs/<config>/): results.json from the
+# trainer, and command_timing.json with the wall times of the install and of the train command.
+# Tracked files are left as they are; `python experiments/main_job.py --record` copies a run's
+# results into experiments/results/main_job/, from which the README's table is rendered.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${GPART_VENV:-.venv}
 CONFIG=${1:-configs/minilm_rt_gpart.py}
 NAME=$(basename "$CONFIG" .py)
-OUT=experiments/results/main_job
 
 start=$SECONDS
 bash experiments/install.sh "$VENV"
@@ -27,10 +28,9 @@ else
 fi
 train_s=$((SECONDS - start))
 
-mkdir -p "$OUT"
-cp "runs/$NAME/results.json" "$OUT/$NAME.json"
-if [ "$finished_before" = false ]; then
+if [ "$finished_before" = false ] && [ -d "runs/$NAME" ]; then
   printf '{"install_s": %d, "train_command_s": %d, "cpu_count": %d, "date": "%s"}\n' \
-    "$install_s" "$train_s" "$(nproc)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "$OUT/$NAME.timing.json"
+    "$install_s" "$train_s" "$(nproc)" "$(date -u +%Y-%m-%dT%H:%M:%SZ)" > "runs/$NAME/command_timing.json.tmp"
+  mv "runs/$NAME/command_timing.json.tmp" "runs/$NAME/command_timing.json"
 fi
-echo "results copied to $OUT/$NAME.json (install ${install_s} s, train command ${train_s} s)"
+echo "install ${install_s} s, train command ${train_s} s; results in runs/$NAME/results.json"

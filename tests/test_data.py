@@ -19,6 +19,7 @@ from experiments import data
 from experiments.data import sources
 from experiments.data.report import RESULTS, split_fingerprint
 from experiments.data.text import BucketedBatches, Position, WordPieceTokenizer, bucket_length, text_batches
+from tests.installed import require_fashion_mnist
 
 COMMITTED = json.loads(RESULTS.read_text())["sources"]
 SPLITS = {name: spec.splits for name, spec in sources.SOURCES.items()}
@@ -82,6 +83,8 @@ def test_deduplicate_drops_repeats_conflicts_and_test_keys() -> None:
 
 @pytest.mark.parametrize("name", data.OFFLINE_NAMES)
 def test_splits_match_committed_report_and_are_disjoint(name: str) -> None:
+    if name == "fashion_mnist":
+        require_fashion_mnist()
     p = prepared(name)
     assert tuple(p.splits) == SPLITS[name]
     assert p.stats["splits"] == COMMITTED[name]["splits"]
@@ -104,10 +107,14 @@ def test_source_sizes_are_those_of_the_packages() -> None:
     assert prepared("r8").stats["source"] == {"train": 5485, "test": 2189}
     assert prepared("r52").stats["source"] == {"train": 6532, "test": 2568}
     assert prepared("election_tweets").stats["source"] == {"all": 6444}
-    assert prepared("fashion_mnist").stats["source"] == {"train": 60000, "test": 10000}
     assert prepared("mnist5k").stats["source"] == {"all": 5000}
     assert prepared("digits").stats["source"] == {"all": 1797}
     assert prepared("gsm8k").stats["source"] == {"test": 1319}
+
+
+def test_fashion_mnist_size_is_that_of_the_debian_package() -> None:
+    require_fashion_mnist()
+    assert prepared("fashion_mnist").stats["source"] == {"train": 60000, "test": 10000}
 
 
 def test_missing_package_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -151,6 +158,7 @@ def test_load_builds_array_record_equal_to_the_source(name: str, data_dir: Path)
 
 @pytest.mark.slow
 def test_load_fashion_mnist(data_dir: Path) -> None:
+    require_fashion_mnist()
     _check_source("fashion_mnist", data_dir)
 
 

@@ -240,3 +240,33 @@ def test_committed_main_job_results_are_of_the_current_configs():
         assert doc["steps"] == 352 and doc["test"]["examples"] == 1281
     table = main_job.render(json.loads((main_job.RESULTS / f"{main_job.DEFAULT}.json").read_text()))
     assert "| `configs/minilm_rt_head_only.py` | head-only | 770 | 352 |" in table
+
+
+def test_main_job_writes_only_its_workdir_and_record_copies_a_finished_run(tmp_path):
+    """The main job leaves tracked files alone; ``main_job.py --record`` is the one writer of
+    ``experiments/results/main_job/`` and copies only a finished run of the named config."""
+    import importlib.util
+
+    script = (ROOT / "experiments" / "main.sh").read_text()
+    writes = [line for line in script.splitlines() if ">" in line and not line.lstrip().startswith("#")]
+    assert writes and all("runs/$NAME/" in line for line in writes), writes
+    assert "cp " not in script and "experiments/results" not in script.split("set -euo")[1]
+
+    spec = importlib.util.spec_from_file_location("main_job", ROOT / "experiments" / "main_job.py")
+    main_job = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main_job)
+    runs, out = tmp_path / "runs", tmp_path / "results"
+    (runs / "minilm_rt_gpart").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="no finished run"):
+        main_job.record(("minilm_rt_gpart",), runs, out)
+    (runs / "minilm_rt_gpart" / "results.json").write_text(json.dumps({"config": {"name": "other"}}))
+    with pytest.raises(SystemExit, match="not a finished run of configs/minilm_rt_gpart.py"):
+        main_job.record(("minilm_rt_gpart",), runs, out)
+    assert not out.exists()
+    doc = {"config": {"name": "minilm_rt_gpart"}, "test": {"accuracy": 0.5}}
+    (runs / "minilm_rt_gpart" / "results.json").write_text(json.dumps(doc))
+    (runs / "minilm_rt_gpart" / "command_timing.json").write_text('{"install_s": 1}')
+    written = main_job.record(("minilm_rt_gpart",), runs, out)
+    assert [p.name for p in written] == ["minilm_rt_gpart.json", "minilm_rt_gpart.command_timing.json"]
+    assert json.loads((out / "minilm_rt_gpart.json").read_text()) == doc
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in written)  # no temporary left
