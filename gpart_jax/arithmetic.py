@@ -22,12 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from gpart_jax import _validate
 from gpart_jax.core import GPart
-from gpart_jax.layout import flatten_with_paths
-
-
-class IncompatibleAdaptersError(ValueError):
-    """Adapters built on different partitions: their coordinates are not comparable."""
+from gpart_jax.errors import IncompatibleAdaptersError
+from gpart_jax.layout import check_params
+from gpart_jax.paths import leaves_with_paths
 
 
 def check_compatible(a: GPart, b: GPart) -> None:
@@ -56,10 +55,9 @@ def inner(gp: GPart, theta_a, theta_b, gp_b: GPart | None = None) -> float:
     """``<P theta_a, P theta_b>`` computed from the thetas (float64)."""
     if gp_b is not None:
         check_compatible(gp, gp_b)
+    for name, t in (("theta_a", theta_a), ("theta_b", theta_b)):
+        _validate.float_vector(t, name, gp.d)
     a, b = np.asarray(theta_a, np.float64), np.asarray(theta_b, np.float64)
-    for name, t in (("theta_a", a), ("theta_b", b)):
-        if t.shape != (gp.d,):
-            raise ValueError(f"{name} must have shape ({gp.d},), got {t.shape}")
     return float(np.sum(gram_diagonal(gp) * a * b))
 
 
@@ -72,8 +70,10 @@ def distance(gp: GPart, theta_a, theta_b, gp_b: GPart | None = None) -> float:
     """``||P theta_a - P theta_b||``."""
     if gp_b is not None:
         check_compatible(gp, gp_b)
+    for name, t in (("theta_a", theta_a), ("theta_b", theta_b)):
+        _validate.float_vector(t, name, gp.d)
     diff = np.asarray(theta_a, np.float64) - np.asarray(theta_b, np.float64)
-    return float(np.sqrt(inner(gp, diff, diff)))
+    return float(np.sqrt(np.sum(gram_diagonal(gp) * diff * diff)))
 
 
 def cosine(gp: GPart, theta_a, theta_b, gp_b: GPart | None = None) -> float:
@@ -95,18 +95,11 @@ def combine(thetas: Sequence, weights: Sequence[float]) -> jax.Array:
 
 
 def _update_leaves(gp: GPart, update) -> list:
-    flat = dict(flatten_with_paths(update)[0])
-    missing = [e.path for e in gp.layout if e.path not in flat]
-    if missing:
-        raise ValueError(f"update lacks adapted leaves {missing[:5]} (it must be a params-like "
-                         f"pytree holding at least the layout's paths)")
-    leaves = []
-    for e in gp.layout:
-        x = flat[e.path]
-        if tuple(x.shape) != e.shape:
-            raise ValueError(f"update leaf {e.path} has shape {tuple(x.shape)}, expected {e.shape}")
-        leaves.append(jnp.asarray(x, jnp.float32))
-    return leaves
+    flat = leaves_with_paths(update)[0]
+    check_params(gp.layout, flat, "the GPart's layout (the update must be a params-like pytree "
+                 "holding at least the adapted leaves)", arrays=True)
+    leaves = dict(flat)
+    return [jnp.asarray(leaves[e.path], jnp.float32) for e in gp.layout]
 
 
 def project(gp: GPart, update) -> tuple[jax.Array, float]:

@@ -1,51 +1,56 @@
-"""The ``gpart-jax`` command.
+"""The ``gpart-jax`` command: the library's own commands.
 
-    gpart-jax info ADAPTER                 d, seed, scheme, fingerprint, size, trainable count
+    gpart-jax info ADAPTER [--json]        what an adapter is: method, counts, adapted paths
     gpart-jax peft merge|import|export ... the reference's PEFT adapters (gpart_jax.interop.cli)
-    gpart-jax train|eval|merge|params ...  experiments (the repository's experiments/ package)
 
-The library stays free of experiment code: ``train``, ``eval``, ``merge`` and ``params`` are
-dispatched to ``experiments.cli``, which exists in a checkout of the repository.
+Training and evaluation are research code, run from a checkout: ``python -m experiments ...``.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import sys
 
-EXPERIMENT_COMMANDS = ("train", "eval", "merge", "params")
+USAGE = __doc__.split("\n\n")[1]
 
 
-def info(path: str) -> int:
-    from gpart_jax.checkpoint import AdapterError, directory_size, read_adapter_metadata
+def info(path: str, as_json: bool = False) -> int:
+    """Print what the adapter at ``path`` holds; 2 with one line on stderr if it is unusable."""
+    from gpart_jax.adapters import directory_size, read_manifest
+    from gpart_jax.errors import AdapterError
 
     try:
-        md = read_adapter_metadata(path)
-    except AdapterError as e:
-        print(f"gpart-jax info: {e}", file=sys.stderr)
+        manifest = read_manifest(path)
+        spec = manifest["method"]
+        adapted = ([(e[0], tuple(e[1])) for e in spec["layout"]] if "layout" in spec
+                   else [(p, tuple(s)) for p, s in spec.get("adapted", [])])
+        out = {"method": spec.get("method"),
+               "trainable": sum(math.prod(e["shape"]) for e in manifest["trainable"]),
+               "saved": sum(math.prod(e["shape"]) for e in manifest["saved"]),
+               "adapted_weights": sum(math.prod(s) for _, s in adapted),
+               "size_on_disk_bytes": directory_size(path),
+               "package_version": manifest.get("package_version"),
+               "format_version": manifest.get("format_version")}
+        out.update({k: spec[k] for k in ("d", "r", "seed", "scheme", "isometric", "scope",
+                                         "fingerprint") if k in spec})
+        out["saved_leaves"] = [e["path"] for e in manifest["saved"]]
+        out["adapted"] = [[p, list(s)] for p, s in adapted]
+    except (AdapterError, KeyError, TypeError, ValueError) as e:
+        msg = str(e) if isinstance(e, AdapterError) else f"{path}: the manifest is incomplete ({e!r})"
+        print(f"gpart-jax info: {msg}", file=sys.stderr)
         return 2
-    trainable = sum(int(_prod(e["shape"])) for e in md["adapter"])
-    saved = sum(int(_prod(e["shape"])) for e in md["saved"])
-    out = {"method": md["method"].get("method"), "trainable_adapter": trainable,
-           "trainable_saved_modules": saved, "size_on_disk_bytes": directory_size(path),
-           "package_version": md["package_version"], "format_version": md["format_version"]}
-    spec = md.get("gpart")
-    if spec:
-        out.update({k: spec[k] for k in ("d", "seed", "scheme", "isometric", "scope", "fingerprint")})
-        out["num_adapted"] = sum(int(_prod(e[1])) for e in spec["layout"])
-        out["adapted_leaves"] = len(spec["layout"])
-    print(json.dumps(out, indent=1))
+    if as_json:
+        print(json.dumps(out, indent=1))
+        return 0
+    head = {k: v for k, v in out.items() if k not in ("adapted", "saved_leaves")}
+    for k, v in head.items():
+        print(f"{k}: {v:,}" if isinstance(v, int) and not isinstance(v, bool) else f"{k}: {v}")
+    print(f"saved leaves ({len(out['saved_leaves'])}): {', '.join(out['saved_leaves']) or '-'}")
+    print(f"adapted leaves ({len(out['adapted'])}):")
+    for p, s in out["adapted"]:
+        print(f"  {p}  {tuple(s)}")
     return 0
-
-
-def _prod(shape) -> int:
-    n = 1
-    for s in shape:
-        n *= int(s)
-    return n
-
-
-USAGE = __doc__.split("\n\n")[1]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,23 +60,20 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     command = argv[0]
     if command == "info":
-        if len(argv) != 2:
-            print("usage: gpart-jax info ADAPTER_DIR", file=sys.stderr)
+        rest = [a for a in argv[1:] if a != "--json"]
+        if len(rest) != 1:
+            print("usage: gpart-jax info ADAPTER_DIR [--json]", file=sys.stderr)
             return 2
-        return info(argv[1])
+        return info(rest[0], "--json" in argv)
     if command == "peft":
         from gpart_jax.interop import cli as peft_cli
 
         return peft_cli.main(argv)
-    if command in EXPERIMENT_COMMANDS:
-        try:
-            from experiments import cli as experiments_cli
-        except ImportError as e:
-            print(f"gpart-jax {command}: the experiment commands live in the repository's "
-                  f"experiments/ package, which is not importable here ({e}); run from a checkout "
-                  f"installed with pip install -e .", file=sys.stderr)
-            return 2
-        return experiments_cli.main(argv)
+    if command in ("train", "eval", "merge", "params"):
+        print(f"gpart-jax: {command!r} is an experiment command; run it from a checkout of the "
+              f"repository: python -m experiments {command} ... (after bash experiments/install.sh)",
+              file=sys.stderr)
+        return 2
     print(f"gpart-jax: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
     return 2
 

@@ -34,11 +34,14 @@ runs inside ``jit`` without ``jax_enable_x64``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from gpart_jax import _validate
 
 MASK64 = (1 << 64) - 1
 GOLDEN_GAMMA = 0x9E3779B97F4A7C15
@@ -48,24 +51,12 @@ FEISTEL_ROUNDS = 6
 MAX_D = 2**31 - 1  # group ids are int32
 
 
-def check_uint64(value, name: str) -> int:
-    """Return ``value`` as a Python int in ``[0, 2**64)`` or raise naming ``name``."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer in [0, 2**64), got {value!r} "
-                        f"({type(value).__name__})")
-    value = int(value)
-    if not 0 <= value <= MASK64:
-        raise ValueError(f"{name} must be in [0, 2**64), got {value}")
-    return value
+check_uint64 = _validate.uint64
 
 
-def _check_d(d) -> int:
-    if isinstance(d, (bool, np.bool_)) or not isinstance(d, (int, np.integer)):
-        raise TypeError(f"d must be a positive integer, got {d!r}")
-    d = int(d)
-    if not 1 <= d <= MAX_D:
-        raise ValueError(f"d must be in [1, 2**31 - 1], got {d}")
-    return d
+def check_d(d) -> int:
+    """``d`` as a Python int in ``[1, 2**31 - 1]`` (group ids are int32)."""
+    return _validate.integer(d, "d", low=1, high=MAX_D)
 
 
 # --------------------------------------------------------------------------- host (numpy)
@@ -98,11 +89,10 @@ def group_ids(start_offset: int, numel: int, d: int, seed: int) -> np.ndarray:
     Returns a numpy ``int64`` array of length ``numel``.
     """
     start_offset = check_uint64(start_offset, "start_offset")
-    if isinstance(numel, bool) or not isinstance(numel, (int, np.integer)) or numel < 0:
-        raise ValueError(f"numel must be a non-negative integer, got {numel!r}")
+    numel = _validate.integer(numel, "numel", low=0)
     if start_offset + int(numel) > MASK64 + 1:
         raise ValueError("start_offset + numel must not exceed 2**64")
-    d = _check_d(d)
+    d = check_d(d)
     seed = check_uint64(seed, "seed")
     base = np.uint64((start_offset + seed + GOLDEN_GAMMA) & MASK64)
     with np.errstate(over="ignore"):
@@ -121,26 +111,36 @@ def _mix32_np(x: np.ndarray) -> np.ndarray:
     return x ^ (x >> np.uint32(16))
 
 
+@dataclasses.dataclass(frozen=True, init=False)
 class BalancedKeys:
-    """The constants of the balanced scheme for one (N, seed): domain split and round keys."""
+    """The constants of the balanced scheme for one (N, seed): domain split and round keys.
+
+    Compared and hashed by value, so that a GPart holding them is static data for ``jit``.
+    """
+
+    n_total: int
+    seed: int
+    u: int
+    v: int
+    m: int
+    round_keys: tuple[int, ...]
 
     def __init__(self, n_total: int, seed: int):
-        if isinstance(n_total, bool) or not isinstance(n_total, (int, np.integer)) or n_total < 1:
-            raise ValueError(f"N (number of adapted weights) must be a positive integer, got {n_total!r}")
-        self.n_total = int(n_total)
-        self.seed = check_uint64(seed, "seed")
-        self.u = math.isqrt(self.n_total - 1) + 1  # ceil(sqrt(N))
-        self.v = -(-self.n_total // self.u)  # ceil(N / u)
-        self.m = self.u * self.v
-        if self.m > 2**32 - 1:
+        n_total = _validate.positive_int(n_total, "N (number of adapted weights)")
+        seed = check_uint64(seed, "seed")
+        u = math.isqrt(n_total - 1) + 1  # ceil(sqrt(N))
+        v = -(-n_total // u)  # ceil(N / u)
+        if u * v > 2**32 - 1:
             raise ValueError(
                 f"scheme='balanced' supports N up to about 2**32 - 2**17 adapted weights, got N = "
-                f"{self.n_total}; use scheme='stateless' for larger target sets")
+                f"{n_total}; use scheme='stateless' for larger target sets")
         # Round key r: 32 bits of SplitMix64 over (seed, r), so the seed is mixed, not added.
-        self.round_keys = tuple(
-            splitmix64_int(splitmix64_int(self.seed + GOLDEN_GAMMA) + r + 1 + GOLDEN_GAMMA)
-            & 0xFFFFFFFF
+        round_keys = tuple(
+            splitmix64_int(splitmix64_int(seed + GOLDEN_GAMMA) + r + 1 + GOLDEN_GAMMA) & 0xFFFFFFFF
             for r in range(FEISTEL_ROUNDS))
+        for name, value in (("n_total", n_total), ("seed", seed), ("u", u), ("v", v),
+                            ("m", u * v), ("round_keys", round_keys)):
+            object.__setattr__(self, name, value)
 
 
 def feistel_np(x: np.ndarray, keys: BalancedKeys) -> np.ndarray:
@@ -206,7 +206,7 @@ def balanced_group_ids(start_offset: int, numel: int, d: int, seed: int, n_total
     ``n_total``). Group sizes are ``ceil(N/d)`` for the first ``N mod d`` groups and ``floor(N/d)``
     for the rest, for every seed. Returns a numpy ``int64`` array.
     """
-    d = _check_d(d)
+    d = check_d(d)
     keys = BalancedKeys(n_total, seed)
     if d > keys.n_total:
         raise ValueError(f"d = {d} must not exceed N = {keys.n_total}")

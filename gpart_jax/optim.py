@@ -1,12 +1,13 @@
-"""optax for adapters: separate learning rates, schedules and regularization for theta and heads.
+"""optax for adapters: separate learning rates, schedules and regularization for the method's
+trainable pytree and the saved modules.
 
 Two meanings of regularization, and why the difference matters for GPart:
 
-* **L2 penalty** ``lambda ||theta||^2`` added to the loss (``l2_penalty`` below adds its gradient
-  ``2 lambda theta``; with Adam it is rescaled like any gradient). For isometric GPart
-  ``||theta||^2 = ||P theta||^2 = ||delta w||^2``, so it is exactly an L2 penalty on the weight
-  update. For non-isometric GPart ``||delta w||^2 = sum_j n_j theta_j^2``: the penalty on the
-  update is miscalibrated by the group sizes (about ``N / d``).
+* **L2 penalty** ``lambda ||theta||^2`` added to the loss (its gradient ``2 lambda theta`` is
+  added before Adam, ``optax.add_decayed_weights(2 lambda)``, and rescaled like any gradient).
+  For isometric GPart ``||theta||^2 = ||P theta||^2 = ||delta w||^2``, so it is exactly an L2
+  penalty on the weight update. For non-isometric GPart ``||delta w||^2 = sum_j n_j theta_j^2``:
+  the penalty on the update is miscalibrated by the group sizes (about ``N / d``).
 * **Decoupled weight decay** (AdamW): ``theta <- theta - lr * wd * theta``. Because ``P`` is
   linear, ``delta w = P theta`` shrinks by the same factor ``1 - lr * wd`` for any ``P``,
   isometric or not.
@@ -18,108 +19,101 @@ decay on biases.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
-import jax.numpy as jnp
 import optax
 
-from gpart_jax.layout import flatten_with_paths
+from gpart_jax import _validate
+from gpart_jax.paths import leaves_with_paths
+
+REGULARIZATIONS = ("decoupled", "l2")
 
 
-def linear_warmup_decay(peak_lr: float, total_steps: int, warmup_frac: float = 0.06) -> optax.Schedule:
-    """0 -> ``peak_lr`` linearly over ``round(warmup_frac * total_steps)`` steps, then -> 0 at the end."""
-    if total_steps < 1:
-        raise ValueError(f"total_steps must be >= 1, got {total_steps}")
-    if not 0.0 <= warmup_frac < 1.0:
-        raise ValueError(f"warmup_frac must be in [0, 1), got {warmup_frac}")
-    warmup = int(round(warmup_frac * total_steps))
-    decay = optax.linear_schedule(peak_lr, 0.0, max(total_steps - warmup, 1))
-    if warmup == 0:
+def linear_warmup_decay(peak_lr: float, total_steps: int, warmup_steps: int) -> optax.Schedule:
+    """0 -> ``peak_lr`` linearly over ``warmup_steps`` steps, then linearly -> 0 at ``total_steps``."""
+    total_steps = _validate.positive_int(total_steps, "total_steps")
+    warmup_steps = _validate.integer(warmup_steps, "warmup_steps", low=0, high=total_steps - 1)
+    decay = optax.linear_schedule(peak_lr, 0.0, max(total_steps - warmup_steps, 1))
+    if warmup_steps == 0:
         return decay
-    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup), decay], [warmup])
+    return optax.join_schedules([optax.linear_schedule(0.0, peak_lr, warmup_steps), decay],
+                                [warmup_steps])
 
 
-def l2_penalty(coeff: float) -> optax.GradientTransformation:
-    """Add ``2 * coeff * params`` to the gradient: the gradient of ``coeff * ||params||^2``.
-
-    Chain it *before* the optimizer (``optax.chain(l2_penalty(c), optax.adam(lr))``) to get the
-    same updates as adding ``coeff * ||params||^2`` to the loss.
-    """
-    def init(params):
-        del params
-        return optax.EmptyState()
-
-    def update(updates, state, params=None):
-        if params is None:
-            raise ValueError("l2_penalty needs params: call update(grads, state, params)")
-        updates = jax.tree_util.tree_map(lambda g, p: g + 2.0 * coeff * p, updates, params)
-        return updates, state
-
-    return optax.GradientTransformation(init, update)
+def warmup_steps_of(total_steps: int, warmup_frac: float = 0.06,
+                    warmup_steps: int | None = None) -> int:
+    """Warmup length in steps: ``warmup_steps`` if given, else ``round(warmup_frac * total_steps)``."""
+    if warmup_steps is not None:
+        return _validate.integer(warmup_steps, "warmup_steps", low=0, high=total_steps - 1)
+    frac = _validate.real(warmup_frac, "warmup_frac", low=0.0, high=1.0, high_open=True)
+    return int(round(frac * total_steps))
 
 
-def _decay_mask(tree) -> Any:
-    """True for leaves that get weight decay: not biases, not 1-D leaves of saved modules."""
-    flat, treedef = flatten_with_paths(tree)
+def _saved_decay_mask(saved):
+    """True for saved leaves that get weight decay: not biases, not 1-D leaves."""
+    flat, treedef = leaves_with_paths(saved)
     mask = [not (path.rsplit("/", 1)[-1] == "bias" or getattr(leaf, "ndim", 0) < 2)
             for path, leaf in flat]
     return jax.tree_util.tree_unflatten(treedef, mask)
 
 
-def _one(lr, total_steps, warmup_frac, weight_decay, regularization, mask):
-    schedule = linear_warmup_decay(lr, total_steps, warmup_frac)
+def _one(lr, total_steps, warmup_steps, weight_decay, regularization, mask):
+    schedule = linear_warmup_decay(lr, total_steps, warmup_steps)
     if regularization == "decoupled":
         return optax.adamw(schedule, weight_decay=weight_decay, mask=mask)
-    return optax.chain(optax.masked(l2_penalty(weight_decay), mask) if mask is not None
-                       else l2_penalty(weight_decay), optax.adam(schedule))
+    return optax.chain(optax.add_decayed_weights(2.0 * weight_decay, mask), optax.adam(schedule))
 
 
 def make_optimizer(
-    trainable: dict,
     *,
     total_steps: int,
-    adapter_lr: float = 5e-3,
+    trainable_lr: float = 5e-3,
     saved_lr: float = 1e-3,
     warmup_frac: float = 0.06,
-    adapter_weight_decay: float = 0.1,
+    warmup_steps: int | None = None,
+    trainable_weight_decay: float = 0.1,
     saved_weight_decay: float = 0.0,
     regularization: str = "decoupled",
     max_grad_norm: float | None = None,
 ) -> optax.GradientTransformation:
-    """AdamW (or Adam + L2 penalty) with its own schedule for the adapter and the saved modules.
+    """AdamW (or Adam + L2 penalty) for the pair ``(trainable, saved)``, each with its own schedule.
 
-    ``trainable`` is ``{"adapter": ..., "saved": {path: leaf}}`` (``gpart_jax.trainable``). Both
-    groups use linear warmup over ``warmup_frac`` of ``total_steps`` then linear decay to 0.
+    The optimizer's params are the pair ``(trainable, saved)``: the method's trainable pytree
+    (theta) and the saved modules ``{path: leaf}`` (``{}`` when there are none), as
+    ``jax.grad`` of a loss over that pair gives them. Both use linear warmup (``warmup_steps``,
+    or ``warmup_frac`` of ``total_steps``) then linear decay to 0.
     ``regularization="decoupled"``: AdamW's decay ``theta <- theta - lr wd theta``;
     ``"l2"``: the gradient of ``wd ||theta||^2`` added before Adam (see the module docstring).
-    The adapter is decayed whole (theta is one vector); in saved modules biases and 1-D leaves
-    are not decayed. ``max_grad_norm`` clips the global norm of all gradients first.
+    The trainable pytree is decayed whole (theta is one vector); in saved modules biases and 1-D
+    leaves are not decayed. ``max_grad_norm`` clips the global norm of all gradients first.
     """
-    if regularization not in ("decoupled", "l2"):
-        raise ValueError(f"regularization must be 'decoupled' or 'l2', got {regularization!r}")
-    if set(trainable) != {"adapter", "saved"}:
-        raise ValueError(f"trainable must be a dict with keys 'adapter' and 'saved' (see "
-                         f"gpart_jax.trainable.init_trainable), got keys {sorted(trainable)}")
-    labels = {"adapter": jax.tree_util.tree_map(lambda _: "adapter", trainable["adapter"]),
-              "saved": jax.tree_util.tree_map(lambda _: "saved", trainable["saved"])}
-    saved_mask = {"adapter": jax.tree_util.tree_map(lambda _: False, trainable["adapter"]),
-                  "saved": _decay_mask(trainable["saved"])}
-    # partition hands each transform the sub-tree of its label with the rest masked out, so the
-    # masks are given on the full structure.
+    total_steps = _validate.positive_int(total_steps, "total_steps")
+    warmup = warmup_steps_of(total_steps, warmup_frac, warmup_steps)
+    _validate.choice(regularization, "regularization", REGULARIZATIONS)
+    for name, value in (("trainable_lr", trainable_lr), ("saved_lr", saved_lr)):
+        _validate.real(value, name, low=0.0)
+    for name, value in (("trainable_weight_decay", trainable_weight_decay),
+                        ("saved_weight_decay", saved_weight_decay)):
+        _validate.real(value, name, low=0.0)
+
+    def labels(pair):
+        trainable, saved = pair
+        return (jax.tree_util.tree_map(lambda _: "trainable", trainable),
+                jax.tree_util.tree_map(lambda _: "saved", saved))
+
+    def saved_mask(pair):
+        # partition hands each transform the whole pair with the other label's leaves masked
+        # out, so the mask is given on the pair
+        trainable, saved = pair
+        return jax.tree_util.tree_map(lambda _: False, trainable), _saved_decay_mask(saved)
+
     transforms = {
-        "adapter": _one(adapter_lr, total_steps, warmup_frac, adapter_weight_decay,
-                        regularization, None),
-        "saved": _one(saved_lr, total_steps, warmup_frac, saved_weight_decay, regularization,
+        "trainable": _one(trainable_lr, total_steps, warmup, trainable_weight_decay,
+                          regularization, None),
+        "saved": _one(saved_lr, total_steps, warmup, saved_weight_decay, regularization,
                       saved_mask),
     }
     opt = optax.partition(transforms, labels)
     if max_grad_norm is not None:
+        max_grad_norm = _validate.real(max_grad_norm, "max_grad_norm", low=0.0, low_open=True)
         opt = optax.chain(optax.clip_by_global_norm(max_grad_norm), opt)
     return opt
-
-
-def global_norm(tree) -> jax.Array:
-    """sqrt of the sum of squares of every leaf (float32)."""
-    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32)))
-                        for x in jax.tree_util.tree_leaves(tree)))

@@ -39,21 +39,18 @@ row-major). Stored per adapter: ``theta`` plus the seed.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import struct
 
+from gpart_jax import _validate
+from gpart_jax.filters import Filter
 from gpart_jax.hashing import check_uint64
-from gpart_jax.layout import DEFAULT_EXCLUDE, Targets
+from gpart_jax.method import Method, Shapes, adapted_shapes, add_deltas, check_adapted_dtype
 from gpart_jax.methods import seeded
-from gpart_jax.methods.base import (
-    Method,
-    add_deltas,
-    check_adapted_dtype,
-    check_positive_int,
-    targeted_leaves,
-)
 
 
 def fwht(x):
@@ -100,49 +97,47 @@ def fastfood_project(theta, signs, perm, gauss, scale, n: int):
 class Fastfood(Method):
     """``w = w0 + P theta`` with ``P`` the stacked, normalised Fastfood blocks ``H G Pi H B``."""
 
-    name = "fastfood"
-    tree_fields = ("signs", "perm", "gauss", "scale")
-
-    def __init__(self, target_shapes: dict[str, tuple[int, ...]], d: int, seed: int,
-                 adapted_dtype: str = "float32"):
-        self.target_shapes = dict(target_shapes)
-        self.target_paths = tuple(self.target_shapes)
-        self.d = d
-        self.seed = seed
-        self.adapted_dtype = adapted_dtype
-        n = self.num_adapted
-        self.block_size = 1 << (d - 1).bit_length()  # L = 2^ceil(log2 d)
-        self.num_blocks = -(-n // self.block_size)
-        signs, perm, gauss = fastfood_blocks(seed, self.num_blocks, self.block_size)
-        g_norm = np.sqrt(np.sum(gauss.astype(np.float64) ** 2, axis=1))
-        scale = 1.0 / (g_norm * math.sqrt(n))
-        self.signs, self.perm = jnp.asarray(signs), jnp.asarray(perm)
-        self.gauss, self.scale = jnp.asarray(gauss), jnp.asarray(scale.astype(np.float32))
+    name: ClassVar[str] = "fastfood"
+    signs: jax.Array
+    perm: jax.Array
+    gauss: jax.Array
+    scale: jax.Array
+    shapes: Shapes = struct.field(pytree_node=False)
+    d: int = struct.field(pytree_node=False)
+    seed: int = struct.field(pytree_node=False)
+    adapted_dtype: str = struct.field(pytree_node=False, default="float32")
 
     @classmethod
-    def create(
-        cls,
-        base_params,
-        *,
-        d: int,
-        seed: int = 0,
-        targets: Targets = ("query/kernel", "value/kernel"),
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        layers: Sequence[int] | None = None,
-        layer_pattern: str | None = None,
-        adapted_dtype: str = "float32",
-    ) -> Fastfood:
+    def create(cls, base_params, *, d: int, seed: int = 0,
+               targets: Filter = ("query/kernel", "value/kernel"),
+               adapted_dtype: str = "float32") -> Fastfood:
         """Fastfood projection of ``d`` trainable numbers onto the leaves ``targets`` selects."""
-        d = check_positive_int(d, "d")
+        d = _validate.positive_int(d, "d")
         seed = check_uint64(seed, "seed")
         check_adapted_dtype(adapted_dtype)
-        shapes = targeted_leaves(base_params, targets, exclude=exclude, layers=layers,
-                                 layer_pattern=layer_pattern)
-        n = sum(math.prod(s) for s in shapes.values())
+        shapes = adapted_shapes(base_params, targets)
+        n = sum(math.prod(s) for _, s in shapes)
         if d > n:
             raise ValueError(f"d = {d} exceeds N = {n}, the number of adapted weights; choose "
                              f"d <= {n} or target more parameters")
-        return cls(shapes, d, seed, adapted_dtype)
+        block_size = 1 << (d - 1).bit_length()  # L = 2^ceil(log2 d)
+        signs, perm, gauss = fastfood_blocks(seed, -(-n // block_size), block_size)
+        g_norm = np.sqrt(np.sum(gauss.astype(np.float64) ** 2, axis=1))
+        scale = (1.0 / (g_norm * math.sqrt(n))).astype(np.float32)
+        return cls(jnp.asarray(signs), jnp.asarray(perm), jnp.asarray(gauss), jnp.asarray(scale),
+                   shapes, d, seed, adapted_dtype)
+
+    @property
+    def adapted(self) -> Shapes:
+        return self.shapes
+
+    @property
+    def block_size(self) -> int:
+        return int(self.signs.shape[1])
+
+    @property
+    def num_blocks(self) -> int:
+        return int(self.signs.shape[0])
 
     def __repr__(self) -> str:
         return (f"Fastfood(d={self.d}, N={self.num_adapted}, seed={self.seed}, "
@@ -154,9 +149,7 @@ class Fastfood(Method):
 
     def project(self, theta):
         """``P theta``: the flat update of all ``N`` adapted weights, in layout order (float32)."""
-        if getattr(theta, "shape", None) != (self.d,):
-            raise ValueError(f"theta must have shape ({self.d},) (d = {self.d}), got "
-                             f"{getattr(theta, 'shape', None)}")
+        _validate.float_vector(theta, "theta", self.d)
         return fastfood_project(theta, self.signs, self.perm, self.gauss, self.scale,
                                 self.num_adapted)
 
@@ -164,15 +157,19 @@ class Fastfood(Method):
         """``{path: delta}``: ``P theta`` split into the target leaves' shapes."""
         flat = self.project(theta)
         out, offset = {}, 0
-        for p, shape in self.target_shapes.items():
+        for p, shape in self.shapes:
             size = math.prod(shape)
             out[p] = flat[offset:offset + size].reshape(shape)
             offset += size
         return out
 
-    def apply(self, adapter, base_params):
-        return add_deltas(base_params, self.deltas(adapter), self.adapted_dtype)
+    def apply(self, trainable, base_params):
+        return add_deltas(base_params, self.deltas(trainable), self.adapted_dtype,
+                          what="this Fastfood projection")
 
-    def metadata(self) -> dict:
-        return {"method": self.name, "d": self.d, "seed": self.seed,
-                "block_size": self.block_size, "targets": list(self.target_paths)}
+    def details(self) -> dict:
+        return {"d": self.d, "seed": self.seed, "blocks": f"{self.num_blocks} x {self.block_size}"}
+
+    def spec(self) -> dict:
+        return {"method": self.name, "d": self.d, "seed": str(self.seed),
+                "adapted_dtype": self.adapted_dtype, "adapted": [[p, list(s)] for p, s in self.shapes]}

@@ -1,90 +1,89 @@
 """Full fine-tuning of the target leaves, and head-only (nothing adapted).
 
-**Full.** The adapter is the target weights themselves, ``{path: W}`` (float32 master copies,
-initialised to ``W0``), and ``apply`` puts them in place of the base leaves: ``W = adapter[path]``.
-Trainable numbers: ``N``, the sizes of the targets. Weight decay in the optimizer therefore acts
-on ``W`` (as in ordinary full fine-tuning), not on ``W - W0``. Targets use ``GPart.create``'s
-syntax, default ``"all-linear"``; leaves of any rank may be targeted.
+**Full.** The trainable pytree is the target weights themselves, ``{path: W}`` (float32 master
+copies, initialised to ``W0``), and ``apply`` puts them in place of the base leaves:
+``W = trainable[path]``. Trainable numbers: ``N``, the sizes of the targets. Weight decay in the
+optimizer therefore acts on ``W`` (as in ordinary full fine-tuning), not on ``W - W0``. Targets
+are a filter (``gpart_jax.filters``), default ``"all-linear"``; leaves of any rank may be
+targeted. ``Full`` holds the initial weights (a pytree leaf of the method), so that ``init`` needs
+no other argument.
 
-**Head-only.** The adapter is empty, ``{}``, and ``apply`` returns the base params unchanged: only
-the saved modules (``modules_to_save`` in ``gpart_jax.trainable``, e.g. a new classifier head)
-train. Trainable numbers in the adapter: 0.
+**Head-only.** The trainable pytree is empty, ``{}``, and ``apply`` returns the base params
+unchanged: only the saved modules (a new classifier head, ``gpart_jax.saved``) train.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from gpart_jax.layout import DEFAULT_EXCLUDE, Targets, flatten_with_paths
-from gpart_jax.methods.base import Method, add_deltas, check_adapted_dtype, targeted_leaves
+from gpart_jax.filters import Filter
+from gpart_jax.method import Method, Shapes, adapted_shapes, add_deltas, check_adapted_dtype
+from gpart_jax.paths import leaves_with_paths
 
 
 class Full(Method):
-    """Train the targeted weights themselves: ``adapter = {path: W}``, ``apply`` substitutes them."""
+    """Train the targeted weights themselves: ``trainable = {path: W}``, ``apply`` substitutes them."""
 
-    name = "full"
-    additive = False  # apply substitutes the weights: the base cannot be recovered from them
-
-    def __init__(self, target_shapes: dict[str, tuple[int, ...]], initial: dict,
-                 adapted_dtype: str = "float32"):
-        self.target_shapes = dict(target_shapes)
-        self.target_paths = tuple(self.target_shapes)
-        self._initial = initial  # the base leaves (or ShapeDtypeStructs), by path
-        self.adapted_dtype = adapted_dtype
+    name: ClassVar[str] = "full"
+    additive: ClassVar[bool] = False  # apply substitutes the weights
+    initial: dict[str, Any]  # the base leaves (or ShapeDtypeStructs), by path
+    shapes: Shapes = struct.field(pytree_node=False)
+    adapted_dtype: str = struct.field(pytree_node=False, default="float32")
 
     @classmethod
-    def create(
-        cls,
-        base_params,
-        *,
-        targets: Targets = "all-linear",
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        layers: Sequence[int] | None = None,
-        layer_pattern: str | None = None,
-        adapted_dtype: str = "float32",
-    ) -> Full:
-        """Full fine-tuning of the leaves ``targets`` selects (their initial values are ``base_params``'s)."""
+    def create(cls, base_params, *, targets: Filter = "all-linear",
+               adapted_dtype: str = "float32") -> Full:
+        """Full fine-tuning of the leaves ``targets`` selects (initial values: ``base_params``'s)."""
         check_adapted_dtype(adapted_dtype)
-        shapes = targeted_leaves(base_params, targets, exclude=exclude, layers=layers,
-                                 layer_pattern=layer_pattern)
-        flat = dict(flatten_with_paths(base_params)[0])
-        return cls(shapes, {p: flat[p] for p in shapes}, adapted_dtype)
+        shapes = adapted_shapes(base_params, targets)
+        flat = dict(leaves_with_paths(base_params)[0])
+        return cls({p: flat[p] for p, _ in shapes}, shapes, adapted_dtype)
+
+    @property
+    def adapted(self) -> Shapes:
+        return self.shapes
 
     def __repr__(self) -> str:
-        return f"Full(leaves={len(self.target_paths)}, N={self.num_adapted})"
+        return f"Full(leaves={len(self.shapes)}, N={self.num_adapted})"
 
-    def adapter_shapes(self):
-        return {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in self.target_shapes.items()}
+    def trainable_shapes(self):
+        return {p: jax.ShapeDtypeStruct(s, jnp.float32) for p, s in self.shapes}
 
     def init(self, key=None):
         """float32 copies of the base target leaves (``key`` is unused)."""
         out = {}
-        for p, leaf in self._initial.items():
+        for p, leaf in self.initial.items():
             if isinstance(leaf, jax.ShapeDtypeStruct):
                 raise ValueError("Full.init needs the base weights: this method was built from "
                                  "shapes (jax.ShapeDtypeStruct); build it from arrays")
             out[p] = jnp.array(leaf, dtype=jnp.float32, copy=True)
         return out
 
-    def apply(self, adapter, base_params):
-        return add_deltas(base_params, {p: adapter[p] for p in self.target_paths},
-                          self.adapted_dtype, replace=True)
+    def apply(self, trainable, base_params):
+        return add_deltas(base_params, {p: trainable[p] for p, _ in self.shapes},
+                          self.adapted_dtype, replace=True, what="this full fine-tuning")
 
-    def metadata(self) -> dict:
-        return {"method": self.name, "targets": list(self.target_paths)}
+    def spec(self) -> dict:
+        return {"method": self.name, "adapted_dtype": self.adapted_dtype,
+                "adapted": [[p, list(s)] for p, s in self.shapes]}
 
 
 class HeadOnly(Method):
-    """No adapted weights: the adapter is ``{}`` and only the saved modules train."""
+    """No adapted weights: the trainable pytree is ``{}`` and only the saved modules train."""
 
-    name = "head-only"
+    name: ClassVar[str] = "head-only"
 
     @classmethod
     def create(cls, base_params=None) -> HeadOnly:
         return cls()
+
+    @property
+    def adapted(self) -> Shapes:
+        return ()
 
     def __repr__(self) -> str:
         return "HeadOnly()"
@@ -92,8 +91,11 @@ class HeadOnly(Method):
     def init(self, key=None):
         return {}
 
-    def apply(self, adapter, base_params):
-        if jax.tree_util.tree_leaves(adapter):
-            raise ValueError("head-only: the adapter must be empty ({}); train the head through "
-                             "modules_to_save")
+    def apply(self, trainable, base_params):
+        if jax.tree_util.tree_leaves(trainable):
+            raise ValueError("head-only: the trainable pytree must be empty ({}); the head trains "
+                             "as a saved module (saved=...)")
         return base_params
+
+    def spec(self) -> dict:
+        return {"method": self.name}

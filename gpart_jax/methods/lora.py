@@ -6,7 +6,7 @@ For each target matrix, with the PyTorch weight ``W in R^{m x n}`` (``m = out``,
 
 ``A`` random and ``B = 0`` at init, so training starts from the base model exactly. The flax
 kernel is stored ``(in, out)``, so its update is the transpose,
-``Delta kernel = (alpha / r) (B A)^T = (alpha / r) A^T B^T``. The adapter is
+``Delta kernel = (alpha / r) (B A)^T = (alpha / r) A^T B^T``. The trainable pytree is
 ``{path: {"A": (r, in), "B": (out, r)}}`` keyed by the kernel's path; trainable numbers per
 matrix: ``r (in + out)``.
 
@@ -17,26 +17,21 @@ the adapter, so drawing it with ``jax.random`` from an explicit key is reproduci
 
 The map ``(A, B) -> B A`` is bilinear: its Jacobian, ``d vec(BA) / d vec(A) = I_n (x) B`` and
 ``d vec(BA) / d vec(B) = A^T (x) I_m``, depends on the current ``(A, B)``, so equal steps in the
-factors need not give equal steps in the weights (the GPart paper's argument, measured in
-``tests/test_methods.py``).
+factors need not give equal steps in the weights (the GPart paper's argument, measured in the
+tests).
 """
 
 from __future__ import annotations
 
-import numbers
-from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
+from flax import struct
 
-from gpart_jax.layout import DEFAULT_EXCLUDE, Targets
-from gpart_jax.methods.base import (
-    Method,
-    add_deltas,
-    check_adapted_dtype,
-    check_positive_int,
-    targeted_leaves,
-)
+from gpart_jax import _validate
+from gpart_jax.filters import Filter
+from gpart_jax.method import Method, Shapes, adapted_shapes, add_deltas, check_adapted_dtype
 
 
 def lora_delta(A, B, scale: float):
@@ -47,68 +42,62 @@ def lora_delta(A, B, scale: float):
 class LoRA(Method):
     """Per-matrix factors ``A (r, in)``, ``B (out, r)``; ``Delta kernel = (alpha / r) (B A)^T``."""
 
-    name = "lora"
-
-    def __init__(self, target_shapes: dict[str, tuple[int, int]], r: int, alpha: float,
-                 adapted_dtype: str = "float32"):
-        self.target_shapes = dict(target_shapes)
-        self.target_paths = tuple(self.target_shapes)
-        self.r = r
-        self.alpha = float(alpha)
-        self.scale = self.alpha / r
-        self.adapted_dtype = adapted_dtype
+    name: ClassVar[str] = "lora"
+    shapes: Shapes = struct.field(pytree_node=False)
+    r: int = struct.field(pytree_node=False)
+    alpha: float = struct.field(pytree_node=False)
+    adapted_dtype: str = struct.field(pytree_node=False, default="float32")
 
     @classmethod
-    def create(
-        cls,
-        base_params,
-        *,
-        r: int = 8,
-        alpha: float | None = None,
-        targets: Targets = ("query/kernel", "value/kernel"),
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        layers: Sequence[int] | None = None,
-        layer_pattern: str | None = None,
-        adapted_dtype: str = "float32",
-    ) -> LoRA:
-        """LoRA of rank ``r`` on the 2-D kernels ``targets`` selects (``GPart.create``'s syntax).
+    def create(cls, base_params, *, r: int = 8, alpha: float | None = None,
+               targets: Filter = ("query/kernel", "value/kernel"),
+               adapted_dtype: str = "float32") -> LoRA:
+        """LoRA of rank ``r`` on the 2-D kernels ``targets`` selects (``gpart_jax.filters``).
 
         ``alpha``: the update is scaled by ``alpha / r``; ``None`` means ``alpha = r``.
         ``base_params`` may be arrays or ``jax.ShapeDtypeStruct``s (only shapes are read).
         """
-        r = check_positive_int(r, "r (LoRA rank)")
-        if alpha is None:
-            alpha = float(r)
-        if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool) or not alpha > 0:
-            raise ValueError(f"alpha must be a positive number, got {alpha!r}")
+        r = _validate.positive_int(r, "r (LoRA rank)")
+        alpha = float(r) if alpha is None else _validate.real(alpha, "alpha", low=0.0, low_open=True)
         check_adapted_dtype(adapted_dtype)
-        shapes = targeted_leaves(base_params, targets, exclude=exclude, layers=layers,
-                                 layer_pattern=layer_pattern, matrices="LoRA")
-        return cls(shapes, r, alpha, adapted_dtype)
+        return cls(adapted_shapes(base_params, targets, matrices="LoRA"), r, alpha, adapted_dtype)
+
+    @property
+    def adapted(self) -> Shapes:
+        return self.shapes
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.r
 
     def __repr__(self) -> str:
-        return (f"LoRA(r={self.r}, alpha={self.alpha}, matrices={len(self.target_paths)}, "
+        return (f"LoRA(r={self.r}, alpha={self.alpha}, matrices={len(self.shapes)}, "
                 f"trainable={self.num_trainable})")
 
     def init(self, key=None):
         """``A`` uniform in ``[-1/sqrt(in), 1/sqrt(in)]``, ``B = 0``."""
         if key is None:
-            raise ValueError("LoRA.init needs a PRNG key (A is drawn at random)")
-        adapter = {}
-        for i, (path, (n_in, n_out)) in enumerate(self.target_shapes.items()):
+            raise ValueError("LoRA.init needs a PRNG key (A is drawn at random); pass "
+                             "key=jax.random.key(0)")
+        trainable = {}
+        for i, (path, (n_in, n_out)) in enumerate(self.shapes):
             bound = 1.0 / float(n_in) ** 0.5
             a = jax.random.uniform(jax.random.fold_in(key, i), (self.r, n_in), jnp.float32,
                                    -bound, bound)
-            adapter[path] = {"A": a, "B": jnp.zeros((n_out, self.r), jnp.float32)}
-        return adapter
+            trainable[path] = {"A": a, "B": jnp.zeros((n_out, self.r), jnp.float32)}
+        return trainable
 
-    def deltas(self, adapter) -> dict:
+    def deltas(self, trainable) -> dict:
         """``{path: (alpha / r) (B A)^T}`` in each kernel's ``(in, out)`` shape (float32)."""
-        return {p: lora_delta(adapter[p]["A"], adapter[p]["B"], self.scale) for p in self.target_paths}
+        return {p: lora_delta(trainable[p]["A"], trainable[p]["B"], self.scale)
+                for p, _ in self.shapes}
 
-    def apply(self, adapter, base_params):
-        return add_deltas(base_params, self.deltas(adapter), self.adapted_dtype)
+    def apply(self, trainable, base_params):
+        return add_deltas(base_params, self.deltas(trainable), self.adapted_dtype, what="this LoRA")
 
-    def metadata(self) -> dict:
+    def details(self) -> dict:
+        return {"r": self.r, "alpha": self.alpha}
+
+    def spec(self) -> dict:
         return {"method": self.name, "r": self.r, "alpha": self.alpha,
-                "targets": list(self.target_paths)}
+                "adapted_dtype": self.adapted_dtype, "adapted": [[p, list(s)] for p, s in self.shapes]}

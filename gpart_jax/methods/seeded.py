@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from gpart_jax import _validate
 from gpart_jax.hashing import GOLDEN_GAMMA, MASK64, check_uint64, splitmix64_int, splitmix64_np
 
 # Stream tags: what a (seed, stream) pair draws. Per-block streams add the block index.
@@ -51,12 +52,6 @@ FASTFOOD_GAUSS = 3 << 32
 _TWO_PI = 2.0 * np.pi
 
 
-def _check_n(n) -> int:
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
-        raise ValueError(f"n must be a non-negative integer, got {n!r}")
-    return int(n)
-
-
 def stream_key(seed: int, stream: int) -> int:
     """``k = splitmix64(splitmix64(seed + gamma) + stream + gamma)`` (mod 2^64)."""
     seed = check_uint64(seed, "seed")
@@ -66,7 +61,7 @@ def stream_key(seed: int, stream: int) -> int:
 
 def words(seed: int, stream: int, n: int, start: int = 0) -> np.ndarray:
     """``z_i = splitmix64(k + (i + 1) gamma)`` for ``i`` in ``[start, start + n)`` (numpy ``uint64``)."""
-    n = _check_n(n)
+    n = _validate.integer(n, "n", low=0)
     key = np.uint64(stream_key(seed, stream))
     with np.errstate(over="ignore"):
         i = np.arange(start + 1, start + n + 1, dtype=np.uint64)
@@ -87,7 +82,7 @@ def signs(seed: int, stream: int, n: int) -> np.ndarray:
 
 def gaussian(seed: int, stream: int, n: int) -> np.ndarray:
     """``n`` standard normals (float32) by Box-Muller's cosine branch on word pairs."""
-    n = _check_n(n)
+    n = _validate.integer(n, "n", low=0)
     z = words(seed, stream, 2 * n)
     u = ((z[0::2] >> np.uint64(11)).astype(np.float64) + 1.0) * 2.0**-53  # (0, 1]
     v = (z[1::2] >> np.uint64(11)).astype(np.float64) * 2.0**-53  # [0, 1)

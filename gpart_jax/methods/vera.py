@@ -8,8 +8,8 @@ every target matrix (``n_max``, ``m_max`` the largest ``in`` and ``out`` among t
     Delta W_l = Lambda_b B_l Lambda_d A_l,   Lambda = diag(lambda)
     Delta kernel_l = (Lambda_b B_l Lambda_d A_l)^T = A_l^T Lambda_d B_l^T Lambda_b   (in, out)
 
-``lambda_b = 0`` at init (the base model exactly) and ``lambda_d = d_initial`` (0.1). The adapter
-is ``{path: {"lambda_d": (r,), "lambda_b": (out,)}}``; trainable numbers per matrix:
+``lambda_b = 0`` at init (the base model exactly) and ``lambda_d = d_initial`` (0.1). The trainable
+pytree is ``{path: {"lambda_d": (r,), "lambda_b": (out,)}}``; trainable numbers per matrix:
 ``r + out``. ``A`` and ``B`` are regenerated from the seed with the project's hash
 (``gpart_jax.methods.seeded``, streams ``VERA_A`` and ``VERA_B``), Kaiming-uniform with bound
 ``sqrt(6 / fan_in)`` (``fan_in = n_max`` for ``A``, ``r`` for ``B``, row-major), the bound of
@@ -19,20 +19,17 @@ Stored per adapter: the lambdas plus the seed.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from typing import ClassVar
 
+import jax
 import jax.numpy as jnp
+from flax import struct
 
+from gpart_jax import _validate
+from gpart_jax.filters import Filter
 from gpart_jax.hashing import check_uint64
-from gpart_jax.layout import DEFAULT_EXCLUDE, Targets
+from gpart_jax.method import Method, Shapes, adapted_shapes, add_deltas, check_adapted_dtype
 from gpart_jax.methods import seeded
-from gpart_jax.methods.base import (
-    Method,
-    add_deltas,
-    check_adapted_dtype,
-    check_positive_int,
-    targeted_leaves,
-)
 
 
 def vera_matrices(seed: int, r: int, n_max: int, m_max: int):
@@ -50,65 +47,58 @@ def vera_delta(A_l, B_l, lambda_d, lambda_b):
 class VeRA(Method):
     """Shared frozen ``A``, ``B``; per matrix ``Delta W = diag(lambda_b) B diag(lambda_d) A``."""
 
-    name = "vera"
-    tree_fields = ("A", "B")
-
-    def __init__(self, target_shapes: dict[str, tuple[int, int]], r: int, seed: int,
-                 d_initial: float, adapted_dtype: str = "float32"):
-        self.target_shapes = dict(target_shapes)
-        self.target_paths = tuple(self.target_shapes)
-        self.r = r
-        self.seed = seed
-        self.d_initial = float(d_initial)
-        self.adapted_dtype = adapted_dtype
-        n_max = max(s[0] for s in self.target_shapes.values())
-        m_max = max(s[1] for s in self.target_shapes.values())
-        a, b = vera_matrices(seed, r, n_max, m_max)
-        self.A, self.B = jnp.asarray(a), jnp.asarray(b)
+    name: ClassVar[str] = "vera"
+    A: jax.Array
+    B: jax.Array
+    shapes: Shapes = struct.field(pytree_node=False)
+    r: int = struct.field(pytree_node=False)
+    seed: int = struct.field(pytree_node=False)
+    d_initial: float = struct.field(pytree_node=False)
+    adapted_dtype: str = struct.field(pytree_node=False, default="float32")
 
     @classmethod
-    def create(
-        cls,
-        base_params,
-        *,
-        r: int = 256,
-        seed: int = 0,
-        d_initial: float = 0.1,
-        targets: Targets = ("query/kernel", "value/kernel"),
-        exclude: Sequence[str] = DEFAULT_EXCLUDE,
-        layers: Sequence[int] | None = None,
-        layer_pattern: str | None = None,
-        adapted_dtype: str = "float32",
-    ) -> VeRA:
+    def create(cls, base_params, *, r: int = 256, seed: int = 0, d_initial: float = 0.1,
+               targets: Filter = ("query/kernel", "value/kernel"),
+               adapted_dtype: str = "float32") -> VeRA:
         """VeRA of rank ``r`` on the 2-D kernels ``targets`` selects; ``A``, ``B`` from ``seed``."""
-        r = check_positive_int(r, "r (VeRA rank)")
+        r = _validate.positive_int(r, "r (VeRA rank)")
         seed = check_uint64(seed, "seed")
+        d_initial = _validate.real(d_initial, "d_initial")
         check_adapted_dtype(adapted_dtype)
-        shapes = targeted_leaves(base_params, targets, exclude=exclude, layers=layers,
-                                 layer_pattern=layer_pattern, matrices="VeRA")
-        return cls(shapes, r, seed, d_initial, adapted_dtype)
+        shapes = adapted_shapes(base_params, targets, matrices="VeRA")
+        n_max = max(s[0] for _, s in shapes)
+        m_max = max(s[1] for _, s in shapes)
+        a, b = vera_matrices(seed, r, n_max, m_max)
+        return cls(jnp.asarray(a), jnp.asarray(b), shapes, r, seed, d_initial, adapted_dtype)
+
+    @property
+    def adapted(self) -> Shapes:
+        return self.shapes
 
     def __repr__(self) -> str:
-        return (f"VeRA(r={self.r}, seed={self.seed}, matrices={len(self.target_paths)}, "
+        return (f"VeRA(r={self.r}, seed={self.seed}, matrices={len(self.shapes)}, "
                 f"shared A {tuple(self.A.shape)}, B {tuple(self.B.shape)})")
 
     def init(self, key=None):
         """``lambda_d = d_initial``, ``lambda_b = 0`` (no randomness: ``key`` is unused)."""
         return {p: {"lambda_d": jnp.full((self.r,), self.d_initial, jnp.float32),
                     "lambda_b": jnp.zeros((n_out,), jnp.float32)}
-                for p, (_, n_out) in self.target_shapes.items()}
+                for p, (_, n_out) in self.shapes}
 
-    def deltas(self, adapter) -> dict:
+    def deltas(self, trainable) -> dict:
         """``{path: (Lambda_b B_l Lambda_d A_l)^T}`` in each kernel's ``(in, out)`` shape."""
         out = {}
-        for p, (n_in, n_out) in self.target_shapes.items():
-            lam = adapter[p]
+        for p, (n_in, n_out) in self.shapes:
+            lam = trainable[p]
             out[p] = vera_delta(self.A[:, :n_in], self.B[:n_out, :], lam["lambda_d"], lam["lambda_b"])
         return out
 
-    def apply(self, adapter, base_params):
-        return add_deltas(base_params, self.deltas(adapter), self.adapted_dtype)
+    def apply(self, trainable, base_params):
+        return add_deltas(base_params, self.deltas(trainable), self.adapted_dtype, what="this VeRA")
 
-    def metadata(self) -> dict:
-        return {"method": self.name, "r": self.r, "seed": self.seed, "d_initial": self.d_initial,
-                "targets": list(self.target_paths)}
+    def details(self) -> dict:
+        return {"r": self.r, "seed": self.seed}
+
+    def spec(self) -> dict:
+        return {"method": self.name, "r": self.r, "seed": str(self.seed), "d_initial": self.d_initial,
+                "adapted_dtype": self.adapted_dtype, "adapted": [[p, list(s)] for p, s in self.shapes]}

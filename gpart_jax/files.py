@@ -1,0 +1,177 @@
+"""The write path: atomic publication and per-path locks.
+
+Every file the library writes goes through ``write_atomic``: the bytes go to a temporary
+sibling, are flushed to disk, then renamed over the target, so a kill at any moment leaves the
+old file or the new one, never a mix, and a full disk leaves the old file as it was. Writers of
+one path take ``PathLock`` first: a second writer gets ``LockedError`` naming the holder's
+process id and host instead of racing it. The lock is ``fcntl.flock`` on a lock file, released
+by the kernel when its holder exits, so a killed writer never leaves a stale lock.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import os
+import pathlib
+import socket
+import tempfile
+
+
+class LockedError(OSError):
+    """Another process holds the lock; the message names it (pid and host)."""
+
+
+def fsync_dir(directory: pathlib.Path) -> None:
+    """Flush a directory's entries (a rename in it) to disk, where the platform allows it."""
+    with contextlib.suppress(OSError):
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _umask_mode(mode: int) -> int:
+    umask = os.umask(0)
+    os.umask(umask)
+    return mode & ~umask
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
+    """Write ``data`` to ``path`` through a flushed temporary sibling and ``os.replace``.
+
+    On any error (a full disk, a permission problem, an interrupt) the temporary file is removed
+    and ``path`` is left as it was.
+    """
+    path = pathlib.Path(path)
+    if isinstance(data, str):
+        data = data.encode()
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, _umask_mode(0o666))
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
+def disk_full(error: BaseException) -> bool:
+    """True for the ``OSError`` of a full disk or exhausted quota."""
+    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+class PathLock:
+    """An exclusive, non-blocking lock on ``lock_file`` (created if needed).
+
+    ``with PathLock(path / ".lock", what="adapter X"):`` raises ``LockedError`` naming the
+    holder when another process holds it. The holder's pid and host are written into the lock
+    file so that the error can name them. With ``remove=True`` the lock file is deleted on
+    release (for locks kept next to what they guard); a process that locked a file just
+    deleted this way notices (the path no longer names the file it locked) and tries again.
+    """
+
+    def __init__(self, lock_file: str | os.PathLike, what: str, remove: bool = False):
+        self.lock_file = pathlib.Path(lock_file)
+        self.what = what
+        self.remove = remove
+        self._fd: int | None = None
+
+    def acquire(self) -> PathLock:
+        while True:
+            fd = os.open(self.lock_file, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError as e:
+                os.close(fd)
+                if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                    raise
+                raise LockedError(errno.EWOULDBLOCK, f"{self.what} is being written by another "
+                                  f"process ({self.holder()}); wait for it to finish, or stop it",
+                                  str(self.lock_file)) from None
+            try:
+                same = os.fstat(fd).st_ino == os.stat(self.lock_file).st_ino
+            except FileNotFoundError:
+                same = False
+            if same:
+                break
+            os.close(fd)  # the holder removed this file as we locked it: lock the new one
+        os.ftruncate(fd, 0)
+        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+        os.fsync(fd)
+        self._fd = fd
+        return self
+
+    def holder(self) -> str:
+        """``"pid P on host H"`` of the process that wrote the lock file last."""
+        try:
+            doc = json.loads(self.lock_file.read_text() or "{}")
+            return f"pid {doc['pid']} on host {doc['host']}"
+        except (OSError, ValueError, KeyError, TypeError):
+            return "an unknown process"
+
+    def release(self) -> None:
+        if self._fd is not None:
+            if self.remove:
+                with contextlib.suppress(OSError):
+                    os.unlink(self.lock_file)
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> PathLock:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def _renameat2_exchange(a: pathlib.Path, b: pathlib.Path) -> bool:
+    """Swap two paths atomically with Linux's ``renameat2(RENAME_EXCHANGE)``; False where the
+    platform or file system does not offer it."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if fn(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    if ctypes.get_errno() in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    err = ctypes.get_errno()
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def publish_dir(new: pathlib.Path, target: pathlib.Path) -> None:
+    """Put the complete directory ``new`` (a sibling of ``target``) at ``target``.
+
+    A missing ``target`` is created by one rename. An existing one is swapped with ``new`` in one
+    atomic step where Linux's ``renameat2`` allows it, then deleted; elsewhere it is renamed
+    aside first, which leaves a moment in which ``target`` is missing (its old contents are then
+    in ``.<name>.old.tmp`` next to it).
+    """
+    import shutil
+
+    if not target.exists():
+        os.rename(new, target)
+    elif _renameat2_exchange(new, target):
+        shutil.rmtree(new, ignore_errors=True)
+    else:
+        aside = target.with_name(f".{target.name}.old.tmp")
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(target, aside)
+        os.rename(new, target)
+        shutil.rmtree(aside, ignore_errors=True)
+    fsync_dir(target.parent)
