@@ -1,23 +1,25 @@
-"""The experiment subcommands of ``gpart-jax`` (dispatched here by ``gpart_jax.cli``).
+"""``python -m experiments``: the experiments' commands, run from a checkout's root.
 
-    gpart-jax train  [--config FILE] [--config.KEY=VALUE ...]
-    gpart-jax eval   [--config FILE] [--config.KEY=VALUE ...] [--adapter DIR | --untuned]
-                     [--split validation|test|train] [--out FILE.json]
-    gpart-jax merge  [--config FILE] [--config.KEY=VALUE ...] --adapter DIR --out DIR
-    gpart-jax params [--config FILE] [--config.KEY=VALUE ...]
+    python -m experiments train  [--config FILE[:ARG]] [--config.KEY=VALUE ...]
+    python -m experiments eval   [--config ...] [--adapter DIR | --untuned] [--split S] [--out F]
+    python -m experiments merge  [--config ...] --adapter DIR --out DIR [--dtype base|float32]
+    python -m experiments params [--config ...]
+    python -m experiments pretrain-vit [--epochs N] [--out DIR]
+    python -m experiments suite  SUITE [--dry-run] [--only GLOB] [--runs-dir DIR]
+    python -m experiments report SUITE [--runs-dir DIR]
 
-``--config`` defaults to ``configs/minilm_rt_gpart.py``. ``train`` resumes an interrupted run in
-the config's workdir and skips a finished one; Ctrl-C or SIGTERM checkpoints its last completed
-step and exits with 130. ``eval`` scores an adapter (default: the
-workdir's ``best_adapter``) on a split (default ``validation``) and prints JSON (``--out`` also
-writes it to a file, with the config and a causal LM's generations); ``--untuned`` scores the
-model as the method initialises it, which must be the base model unchanged (GPart's theta = 0,
-LoRA's B = 0; the untuned baseline). ``merge`` folds an adapter into the base and writes
-``params.safetensors`` (flat ``/``-joined flax paths, float32 or the base dtype; load with
-``experiments.models.names.unflatten_params``) plus ``merge.json``. ``params`` prints the
-trainable counts (``gpart_jax.methods.count``) from parameter shapes, without reading weights or
-data. A bad input (unknown config key, dataset or method, missing package, a workdir of another
-config, an existing output) is one line on stderr and exit code 2; nothing is overwritten.
+``--config`` defaults to ``configs/minilm.py`` (MiniLM + GPart on Rotten Tomatoes). ``train``
+resumes an interrupted run in the config's workdir and skips a finished one; Ctrl-C or SIGTERM
+checkpoints its last completed step and exits with 130. Several processes: give each
+``--config.distributed.coordinator=HOST:PORT --config.distributed.num_processes=N
+--config.distributed.process_id=I`` (or ``--config.distributed.auto=True`` on a TPU pod slice,
+SLURM or MPI). ``eval`` scores an adapter (default: the workdir's ``best_adapter``; a reference
+PEFT adapter directory is read directly) on a split (default ``validation``) and prints JSON
+(``--out`` also writes it, with the config and a causal LM's generations); ``--untuned`` scores
+the model as the method initialises it, which must be the base model unchanged. ``merge`` folds
+an adapter into the base and writes ``params.safetensors`` (flat ``/``-joined flax paths) plus
+``merge.json``. ``params`` prints the trainable counts from parameter shapes, without reading
+weights or data. A bad input is one line on stderr and exit code 2, with nothing written.
 """
 
 from __future__ import annotations
@@ -28,26 +30,24 @@ import pathlib
 import sys
 
 from experiments.config import DEFAULT_CONFIG, ConfigError, fingerprint, load_config
-from experiments.signals import sigterm_as_interrupt
 
 USAGE = __doc__.split("\n\n")[1]
-COMMANDS = ("train", "eval", "merge", "params")
+CONFIG_COMMANDS = ("train", "eval", "merge", "params")
+COMMANDS = (*CONFIG_COMMANDS, "pretrain-vit", "suite", "report")
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line and exit code 2, as every other bad input
-        raise ConfigError(f"{message} (see {self.prog} --help)")
+        raise ConfigError(f"{message} (see python -m experiments --help)")
 
 
 def parse(argv: list[str]) -> tuple[str, argparse.Namespace, list[str]]:
     """``(command, options, overrides)``; overrides are the ``--config.KEY=VALUE`` items."""
-    if not argv or argv[0] not in COMMANDS:
-        raise ConfigError(f"expected one of {', '.join(COMMANDS)} (see gpart-jax --help)")
     command, rest = argv[0], argv[1:]
     overrides = [a for a in rest if a.startswith("--config.")]
     others = [a for a in rest if not a.startswith("--config.")]
-    parser = _Parser(prog=f"gpart-jax {command}", add_help=False)
-    parser.add_argument("--config", default=str(DEFAULT_CONFIG))
+    parser = _Parser(prog=f"python -m experiments {command}", add_help=False)
+    parser.add_argument("--config", default=DEFAULT_CONFIG)
     if command == "eval":
         parser.add_argument("--adapter", default=None)
         parser.add_argument("--split", default="validation", choices=("validation", "test", "train"))
@@ -62,158 +62,221 @@ def parse(argv: list[str]) -> tuple[str, argparse.Namespace, list[str]]:
 
 def _errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are bad input (printed as one line), not bugs (which keep their traceback)."""
+    import gpart_jax as gj
+    from experiments.checkpoints import CheckpointConfigError, CheckpointCorruptError
+    from experiments.data.order import OrderError
     from experiments.data.sources import DataUnavailableError
     from experiments.models.deps import MissingPackageError
+    from experiments.models.vit import MissingPretrainedError
     from experiments.tasks import UsageError
-    from gpart_jax.checkpoint import AdapterError
-    from gpart_jax.core import LayoutMismatchError
+    from experiments.workdir import WorkdirError
 
-    return (ConfigError, UsageError, MissingPackageError, DataUnavailableError, AdapterError,
-            LayoutMismatchError, FileExistsError)
+    return (ConfigError, UsageError, WorkdirError, MissingPackageError, MissingPretrainedError,
+            DataUnavailableError, OrderError, gj.AdapterError, gj.LayoutMismatchError,
+            gj.TargetError, gj.InteropError, CheckpointCorruptError, CheckpointConfigError,
+            FileExistsError, PermissionError)
 
 
-def cmd_train(cfg) -> int:
+def cmd_train(cfg, stop) -> int:
     from experiments.train import train
 
-    train(cfg)
+    train(cfg, stop=stop)
     return 0
 
 
-def _load_trainable(cfg, method, adapter: str | None):
-    from experiments.train import BEST_ADAPTER
-    from gpart_jax.checkpoint import load_adapter
+def load_adapter(cfg, task_or_base, model_module, adapter: str | None):
+    """``(where, method, trainable, saved)`` of a gpart-jax adapter or a reference PEFT adapter
+    directory (planned onto the model with ``gpart_jax.interop.plan_flax``)."""
+    import gpart_jax as gj
+    from experiments import workdir
 
-    path = pathlib.Path(adapter) if adapter else pathlib.Path(cfg.workdir) / BEST_ADAPTER
+    path = pathlib.Path(adapter) if adapter else pathlib.Path(cfg.workdir) / workdir.BEST_ADAPTER
     if not path.exists():
-        from gpart_jax.checkpoint import AdapterError
+        raise gj.AdapterError(f"no adapter at {path}; train first (python -m experiments train with "
+                              f"this config) or pass --adapter DIR")
+    if (path / "adapter_config.json").is_file():
+        if not hasattr(model_module, "peft_name_map"):
+            raise gj.InteropError(f"{path} is a reference (PEFT) adapter, and model "
+                                  f"{cfg.model.name!r} has no PEFT name map")
+        plan = gj.interop.plan_flax(path, task_or_base, model_module.peft_name_map(task_or_base))
+        import jax.numpy as jnp
 
-        raise AdapterError(f"no adapter at {path}; train first (gpart-jax train with this config) or "
-                           f"pass --adapter DIR")
-    return path, load_adapter(path, method=method)
+        return str(path), plan.create_gpart(task_or_base), jnp.asarray(plan.theta), plan.saved
+    loaded = gj.load_adapter(path, base_params=task_or_base)
+    return str(path), loaded.method, loaded.trainable, loaded.saved
 
 
-def _untuned_trainable(cfg, task, runner):
-    """The trainable a run of ``cfg`` starts from (``Runner.init_state``), checked to leave every
-    base weight as it is."""
+def _untuned(task, runner):
+    """The trainable a run of this config starts from, checked to leave every base weight as it is."""
     import jax
     import numpy as np
 
-    trainable = runner.init_state(total_steps=1)["trainable"]
-    applied = task.method.apply(trainable["adapter"], task.base)
+    from experiments.tasks import UsageError
+
+    state = jax.device_get(runner.init_state(total_steps=1))
+    applied = task.method.apply(state["trainable"], task.base)
     changed = [jax.tree_util.keystr(k) for (k, a), b in
                zip(jax.tree_util.tree_leaves_with_path(applied), jax.tree_util.tree_leaves(task.base),
                    strict=True) if not np.array_equal(np.asarray(a), np.asarray(b))]
     if changed:
-        from experiments.tasks import UsageError
+        raise UsageError(f"--untuned: {task.method.name}'s initial trainable changes {changed[0]} "
+                         f"(and {len(changed) - 1} more), so it is not the untuned model; use a "
+                         f"method whose init is the identity (gpart, lora)")
+    return state["trainable"], state["saved"]
 
-        raise UsageError(f"--untuned: {cfg.method.name}'s initial adapter changes {changed[0]} (and "
-                         f"{len(changed) - 1} more), so it is not the untuned model; use a method whose "
-                         f"init is the identity (gpart, lora)")
-    return trainable
+
+def _check_out(out: str | None) -> None:
+    if out is None:
+        return
+    path = pathlib.Path(out)
+    if path.exists():
+        raise FileExistsError(f"--out {out} exists; nothing was written: remove it or choose another "
+                              f"file")
+    if not path.parent.is_dir():
+        raise FileExistsError(f"the directory of --out {out} does not exist; create it first")
 
 
 def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: str | None = None) -> int:
-    from experiments.tasks import UsageError, build_task
+    import dataclasses
+
+    from experiments import workdir
+    from experiments.tasks import UsageError, build_task, check_method
     from experiments.train import Runner
 
     if untuned and adapter:
         raise UsageError("give --adapter DIR or --untuned, not both")
-    if out and pathlib.Path(out).exists():
-        raise FileExistsError(f"--out {out} exists; remove it or choose another file")
+    _check_out(out)
+    check_method(cfg)
     task = build_task(cfg)
-    runner = Runner(task, cfg)
     if untuned:
+        runner = Runner(task, cfg)
         where = "untuned (the method's init: the base model)"
-        trainable = _untuned_trainable(cfg, task, runner)
+        trainable, saved = _untuned(task, runner)
     else:
-        path, loaded = _load_trainable(cfg, task.method, adapter)
-        where, trainable = str(path), loaded.trainable
-    metrics = runner.evaluate(trainable, split, keep_generations=True)
+        where, method, trainable, saved = load_adapter(cfg, task.base, task.model_module, adapter)
+        task = dataclasses.replace(task, method=method)
+        runner = Runner(task, cfg)
+    metrics = runner.evaluate(trainable, saved, split, keep_generations=True)
     generations = metrics.pop("generations", None)
     doc = {"adapter": where, "split": split,
            "dataset": task.info["dataset"] if split != "test" else task.info["test_dataset"],
            "examples_in_split": task.info["examples"][split], **metrics,
            "config": cfg.to_dict(), "fingerprint": fingerprint(cfg)}
     print(json.dumps({k: v for k, v in doc.items() if k != "config"}, indent=1, default=str))
-    if out:  # with the whole config (and a causal LM's generations), so that the file says what it measured
+    if out:  # with the whole config (and a causal LM's generations): the file says what it measured
         if generations is not None:
             doc["generations"] = generations
-        pathlib.Path(out).parent.mkdir(parents=True, exist_ok=True)
-        pathlib.Path(out).write_text(json.dumps(doc, indent=1, default=str) + "\n")
+        workdir.write_json(pathlib.Path(out), doc)
     return 0
 
 
 def cmd_merge(cfg, adapter: str, out: str, dtype: str) -> int:
     import numpy as np
-    from safetensors.numpy import save_file
 
+    import gpart_jax as gj
+    from experiments import models, workdir
     from experiments.models.names import flatten_params
-    from experiments.tasks import build_method, load_model
-    from gpart_jax.merge import merge
+    from experiments.tasks import check_config, num_classes_of
 
     out_dir = pathlib.Path(out)
     if out_dir.exists():
-        raise FileExistsError(f"{out_dir} exists; nothing was written: choose another --out")
-    _, base = load_model(cfg)
-    method = build_method(cfg, base)
-    path, loaded = _load_trainable(cfg, method, adapter)
-    merged = merge(method, loaded.trainable, base, dtype=dtype)
+        raise FileExistsError(f"--out {out_dir} exists; nothing was written: choose another --out")
+    if not out_dir.parent.is_dir():
+        raise FileExistsError(f"the directory of --out {out_dir} does not exist; create it first")
+    model_module = check_config(cfg)
+    _, base = model_module.load(cfg, num_classes_of(cfg) if model_module.KIND == "classification"
+                                else None)
+    where, method, trainable, saved = load_adapter(cfg, base, models.get(cfg.model.name), adapter)
+    merged = gj.merge(method, trainable, base, saved=saved, dtype=dtype)
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(merged).items()}
-    out_dir.mkdir(parents=True)
-    save_file(flat, str(out_dir / "params.safetensors"))
-    (out_dir / "merge.json").write_text(json.dumps({
-        "adapter": str(path), "method": loaded.metadata["method"], "config_fingerprint": fingerprint(cfg),
-        "dtype": dtype, "tensors": len(flat), "format": "safetensors, keys are flax paths joined by '/' "
-        "(experiments.models.names.unflatten_params rebuilds the dict)"}, indent=1) + "\n")
+    from safetensors.numpy import save_file
+
+    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
+    tmp.mkdir()
+    try:
+        save_file(flat, str(tmp / "params.safetensors"))
+        workdir.write_json(tmp / "merge.json", {
+            "adapter": where, "method": method.spec().get("method"), "config_fingerprint": fingerprint(cfg),
+            "dtype": dtype, "tensors": len(flat), "format": "safetensors, keys are flax paths joined "
+            "by '/' (experiments.models.names.unflatten_params rebuilds the dict)"})
+        tmp.rename(out_dir)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     print(f"merged params ({len(flat)} tensors) written to {out_dir / 'params.safetensors'}")
     return 0
 
 
 def cmd_params(cfg) -> int:
-    from experiments.tasks import abstract_params, build_method, modules_to_save
-    from gpart_jax.methods import count
+    import gpart_jax as gj
+    from experiments import models
+    from experiments.tasks import abstract_params, build_method, saved_paths
+    from gpart_jax.paths import leaves_with_paths
 
     _, shapes = abstract_params(cfg)
     method = build_method(cfg, shapes)
-    print(json.dumps(count(method, shapes, modules_to_save(cfg)), indent=1))
+    flat = dict(leaves_with_paths(shapes)[0])
+    saved = {p: flat[p] for p in saved_paths(cfg, models.get(cfg.model.name), shapes)}
+    print(json.dumps(gj.methods.count(method, saved), indent=1))
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run ``argv`` (the subcommand first); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] in (["-h"], ["--help"]) or argv[1:2] in (["-h"], ["--help"]):
+    if not argv or argv[0] in ("-h", "--help") or argv[1:2] in (["-h"], ["--help"]):
         print("usage:\n" + USAGE)
-        return 0
-    command = argv[0] if argv else "?"
+        return 0 if argv else 2
+    command = argv[0]
+    if command not in COMMANDS:
+        print(f"python -m experiments: unknown command {command!r}; one of {', '.join(COMMANDS)}",
+              file=sys.stderr)
+        return 2
+    if command == "pretrain-vit":
+        from experiments import pretrain_vit
+
+        return pretrain_vit.main(argv[1:])
+    if command == "suite":
+        from experiments import suite
+
+        return suite.main(argv[1:])
+    if command == "report":
+        from experiments import report
+
+        return report.main(argv[1:])
     try:
         errors = _errors()
-    except ImportError as e:  # jax or the experiments' own dependencies are missing
-        print(f"gpart-jax {command}: {e}; install with: bash experiments/install.sh", file=sys.stderr)
+    except ImportError as e:  # jax or the experiments' own packages are missing
+        print(f"python -m experiments {command}: {e}; install with: bash experiments/install.sh",
+              file=sys.stderr)
         return 2
+    from experiments.signals import stop_requests
+
     try:
         command, options, overrides = parse(argv)
         cfg = load_config(options.config, overrides)
-        with sigterm_as_interrupt():  # kill / preemption: train keeps its last completed step
-            if command == "train":
-                return cmd_train(cfg)
-            if command == "eval":
-                return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
-            if command == "merge":
-                return cmd_merge(cfg, options.adapter, options.out, options.dtype)
-            return cmd_params(cfg)
+        if command == "train":
+            with stop_requests() as stop:  # kill / preemption: the last completed step is kept
+                return cmd_train(cfg, stop)
+        if command == "eval":
+            return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
+        if command == "merge":
+            return cmd_merge(cfg, options.adapter, options.out, options.dtype)
+        return cmd_params(cfg)
     except errors as e:
-        print(f"gpart-jax {command}: {str(e).strip()}", file=sys.stderr)
+        print(f"python -m experiments {command}: {str(e).strip()}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a full disk, a read-only workdir: one line, nothing half-written
+        print(f"python -m experiments {command}: {e.strerror or e}"
+              + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
         return 2
     except FloatingPointError as e:  # a diverged run: its checkpoints stay for inspection
-        print(f"gpart-jax {command}: {e}", file=sys.stderr)
+        print(f"python -m experiments {command}: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         hint = ("; the last completed step is checkpointed: run the same command again to resume"
                 if command == "train" else "")
-        print(f"\ngpart-jax {command}: interrupted{hint}", file=sys.stderr)
+        print(f"\npython -m experiments {command}: interrupted{hint}", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,65 +1,52 @@
-"""Run configs: Python files with ``get_config()`` returning an ``ml_collections.ConfigDict``.
+"""Run configs: Python files whose ``get_config(arg)`` returns an ``ml_collections.ConfigDict``.
 
-    gpart-jax train --config configs/minilm_rt_gpart.py --config.method.d=2880 --config.seed=3
+    python -m experiments train --config configs/minilm.py:task=rt,method=lora --config.seed=1
 
-Overrides are ``--config.<dotted key>=<value>``; the value is parsed by the type of the key's
-current value (int, float, bool, str, tuple/list as comma-separated or a Python literal, None
-only where the default is None). A key that does not exist is an error that lists the keys.
+A config file is a family (``configs/minilm.py``, ``configs/vit.py``, ``configs/smollm2_gsm.py``)
+parametrised by the string after ``:`` (``key=value`` pairs, parsed by ``parse_arg``). Overrides
+``--config.<dotted key>=<value>`` are ``ml_collections.config_flags``'s: typed by the key's
+default (a key whose default is ``None`` is declared with ``config_dict.placeholder(type)``), and
+a key the config does not have is an error that names the closest keys. Run the commands from
+the repository root: config files import their shared defaults as ``configs.common``.
 """
 
 from __future__ import annotations
 
-import ast
 import difflib
 import hashlib
-import importlib.util
 import json
 import pathlib
-import sys
 
 import ml_collections
 
-ROOT = pathlib.Path(__file__).parent.parent
-DEFAULT_CONFIG = ROOT / "configs" / "minilm_rt_gpart.py"
-# Keys that change where or how verbosely a run happens, or how often it is checkpointed, not
-# what it computes (dotted for nested keys).
-NON_SEMANTIC = ("workdir", "progress", "log_every", "train.checkpoint_every", "train.keep_last")
+DEFAULT_CONFIG = "configs/minilm.py"
+# Keys that change where or how verbosely a run happens, or how often it is checkpointed, or how
+# many processes share it, not what it computes (dotted for nested keys).
+NON_SEMANTIC = ("workdir", "progress", "log_every", "train.checkpoint_every", "train.keep_last",
+                "distributed")
 
 
 class ConfigError(ValueError):
     """A config file or override that cannot be used; the message says how to fix it."""
 
 
-def exec_python_file(path: pathlib.Path, what: str, function: str, where: pathlib.Path):
-    """Run a config-like Python file and return its module; it must define ``function``.
-
-    The repository root is on ``sys.path`` meanwhile, so such files share defaults through
-    ``from configs import common``. ``what``/``where`` name the file's kind and home in errors.
-    """
-    if not path.is_file():
-        raise ConfigError(f"{what} file {path} not found; {what}s live in {where}")
-    spec = importlib.util.spec_from_file_location(f"gpart_{what}_{path.stem}", path)
-    module = importlib.util.module_from_spec(spec)
-    added = str(ROOT) not in sys.path
-    if added:
-        sys.path.insert(0, str(ROOT))
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        if added:
-            sys.path.remove(str(ROOT))
-    if not hasattr(module, function):
-        raise ConfigError(f"{what} file {path} has no {function}() function")
-    return module
-
-
-def load_file(path) -> ml_collections.ConfigDict:
-    path = pathlib.Path(path)
-    module = exec_python_file(path, "config", "get_config", ROOT / "configs")
-    cfg = module.get_config()
-    if not isinstance(cfg, ml_collections.ConfigDict):
-        raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
-    return cfg
+def parse_arg(arg: str | None, allowed: dict[str, tuple[str, ...]]) -> dict[str, str]:
+    """``"task=rt,method=lora"`` as ``{"task": "rt", "method": "lora"}``, each value checked
+    against ``allowed[key]``; keys absent from ``arg`` take the first allowed value."""
+    values = {k: v[0] for k, v in allowed.items()}
+    for item in (arg or "").split(","):
+        if not item.strip():
+            continue
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or key not in allowed:
+            raise ConfigError(f"config argument {item!r}: expected key=value with key one of "
+                              f"{', '.join(allowed)}")
+        if value not in allowed[key]:
+            raise ConfigError(f"config argument {key}={value!r}: choose one of "
+                              f"{', '.join(allowed[key])}")
+        values[key] = value
+    return values
 
 
 def _all_keys(cfg, prefix="") -> list[str]:
@@ -72,69 +59,57 @@ def _all_keys(cfg, prefix="") -> list[str]:
     return keys
 
 
-def _parse(text: str, current, key: str):
-    if isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
-            return True
-        if text.lower() in ("false", "0", "no"):
-            return False
-        raise ConfigError(f"--config.{key} expects true or false, got {text!r}")
-    if isinstance(current, int):
-        try:
-            return int(text.replace("_", ""))
-        except ValueError:
-            raise ConfigError(f"--config.{key} expects an integer, got {text!r}") from None
-    if isinstance(current, float):
-        try:
-            return float(text)
-        except ValueError:
-            raise ConfigError(f"--config.{key} expects a number, got {text!r}") from None
-    if isinstance(current, (tuple, list)):
-        try:
-            value = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            value = tuple(t for t in text.split(",") if t)
-        if isinstance(value, (str, int, float)):
-            value = (value,)
-        return type(current)(value)
-    if current is None:
-        if text.lower() == "none":
-            return None
-        try:
-            return ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            return text
-    return text
+def load_config(config: str | None = None, overrides: list[str] | None = None) -> ml_collections.ConfigDict:
+    """The config ``config`` (``path[:arg]``, default ``configs/minilm.py``) with ``overrides``
+    (``--config.key=value`` strings) applied, through ``ml_collections.config_flags``."""
+    from absl import flags
+    from ml_collections import config_flags
 
-
-def apply_overrides(cfg: ml_collections.ConfigDict, overrides: list[str]) -> ml_collections.ConfigDict:
-    """Apply ``--config.a.b=value`` strings to ``cfg`` (a copy is returned)."""
-    cfg = ml_collections.ConfigDict(cfg.to_dict())
-    keys = _all_keys(cfg)
-    for item in overrides:
-        if not item.startswith("--config.") or "=" not in item:
-            raise ConfigError(f"cannot read {item!r}: overrides look like --config.key=value")
-        key, text = item[len("--config."):].split("=", 1)
-        if key not in keys:
-            close = difflib.get_close_matches(key, keys, n=1)
-            hint = f"did you mean --config.{close[0]}? " if close else ""
-            raise ConfigError(f"unknown config key {key!r}; {hint}valid keys: {', '.join(sorted(keys))}")
-        node = cfg
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        value = _parse(text, node[leaf], key)
-        try:
-            with node.unlocked():
-                node[leaf] = value
-        except TypeError as e:
-            raise ConfigError(f"--config.{key}: {e}") from None
+    config = config or DEFAULT_CONFIG
+    path = pathlib.Path(config.split(":", 1)[0])
+    if not path.is_file():
+        raise ConfigError(f"config file {path} not found (run from the repository root; configs "
+                          f"live in configs/)")
+    overrides = list(overrides or [])
+    bad = [o for o in overrides if not o.startswith("--config.") or "=" not in o]
+    if bad:
+        raise ConfigError(f"cannot read {bad[0]!r}: overrides look like --config.key=value")
+    argv = ["experiments", f"--config={config}", *overrides]
+    values = flags.FlagValues()
+    config_flags.DEFINE_config_file("config", None, flag_values=values, lock_config=True,
+                                    sys_argv=argv)
+    try:
+        values(argv)
+        cfg = values.config
+    except ConfigError:
+        raise
+    except (AttributeError, KeyError) as e:  # an override of a key the config does not have
+        key = str(e).strip("'\"")
+        raise ConfigError(_unknown_key(config, key)) from None
+    except SyntaxError as e:
+        raise ConfigError(f"config file {path} has a syntax error: {e.msg} (line {e.lineno})") from None
+    except flags.Error as e:
+        raise ConfigError(f"{e}".replace("flag --config.", "--config.")) from None
+    except Exception as e:  # the config file itself raised (its get_config, or on import)
+        cause = e.__cause__ or e
+        if isinstance(cause, ModuleNotFoundError) and cause.name in ("configs", "experiments"):
+            raise ConfigError(f"config {config} imports {cause.name!r}, which is importable from the "
+                              f"repository's root only: run the command there") from None
+        raise ConfigError(f"config {config} could not be loaded: {type(cause).__name__}: "
+                          f"{cause}") from None
+    if not isinstance(cfg, ml_collections.ConfigDict):
+        raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
     return cfg
 
 
-def load_config(path=None, overrides: list[str] | None = None) -> ml_collections.ConfigDict:
-    """The config of ``path`` (default: the embedded default) with ``overrides`` applied."""
-    return apply_overrides(load_file(path or DEFAULT_CONFIG), overrides or [])
+def _unknown_key(config: str, key: str) -> str:
+    try:
+        keys = _all_keys(load_config(config))
+    except ConfigError:
+        keys = []
+    wanted = [k for k in keys if k.endswith(key)] or difflib.get_close_matches(key, keys, n=3)
+    hint = f"; did you mean {', '.join('--config.' + k for k in wanted[:3])}?" if wanted else ""
+    return f"unknown config key {key!r} in an override of {config}{hint}"
 
 
 def fingerprint(cfg: ml_collections.ConfigDict) -> str:

@@ -1,24 +1,24 @@
 """Pretrain the small ViT (``experiments.models.vit``) on Fashion-MNIST: the project's image base model.
 
     apt-get install -y dataset-fashion-mnist
-    python -m experiments.pretrain_vit                     # -> the cache, plus
-                                                           #    experiments/results/vit_fmnist_pretrain.json
-    python -m experiments.pretrain_vit --epochs 2 --out /tmp/vit
+    python -m experiments pretrain-vit                     # -> the cache ($GPART_JAX_CACHE)
+    python -m experiments pretrain-vit --record            #    and experiments/results/vit_fmnist_pretrain.json
+    python -m experiments pretrain-vit --epochs 2 --out /tmp/vit
 
 No pretrained image model ships in any package, so GPart's vision experiments adapt this one.
 Training: AdamW (weight decay 0.05 on matrices), linear warm-up then cosine decay of the
 learning rate, batch 128, random horizontal flips, cross-entropy; then top-1 accuracy on the
-10,000 test images. ``experiments.models.vit.load_pretrained_vit`` calls ``pretrain`` when its
-cache is empty. The weights are a product of this script, never committed.
+10,000 test images. ``experiments.models.vit.load_pretrained_vit`` reads the weights from the
+cache and names this command when they are missing. The weights are never committed.
 """
 
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import pathlib
 import platform
+import sys
 import time
 
 import jax
@@ -26,33 +26,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from experiments.data import sources
 from experiments.models import vit
 
-FASHION_MNIST_DIR = pathlib.Path("/usr/share/datasets/fashion-mnist")
 RESULTS = pathlib.Path(__file__).parent / "results" / "vit_fmnist_pretrain.json"
-_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
-          "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
 
 
-def read_idx(path: pathlib.Path) -> np.ndarray:
-    """An IDX file (``.gz``): big-endian magic ``0 0 dtype ndim``, ``ndim`` uint32 sizes, data."""
-    with gzip.open(path, "rb") as f:
-        raw = f.read()
-    if raw[:2] != b"\0\0" or raw[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file")
-    ndim = raw[3]
-    shape = tuple(int(s) for s in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    return np.frombuffer(raw, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
-def load_fashion_mnist(split: str,
-                       directory: pathlib.Path = FASHION_MNIST_DIR) -> tuple[np.ndarray, np.ndarray]:
-    """``(images uint8 (N, 28, 28), labels int32 (N,))`` of ``split`` ("train" or "test")."""
-    images, labels = (directory / name for name in _FILES[split])
-    if not images.exists() or not labels.exists():
-        raise FileNotFoundError(f"Fashion-MNIST not installed in {directory}: "
-                                f"apt-get install -y dataset-fashion-mnist")
-    return read_idx(images), read_idx(labels).astype(np.int32)
+def load_fashion_mnist(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(images uint8 (N, 28, 28), labels int32 (N,))`` of Debian's Fashion-MNIST ``split``
+    (``"train"`` or ``"test"``; ``experiments.data.sources.read_fashion_mnist``)."""
+    examples = sources.read_fashion_mnist(split)
+    return (np.stack([e["image"][..., 0] for e in examples]),
+            np.asarray([e["label"] for e in examples], np.int32))
 
 
 def _decay_mask(params):
@@ -72,15 +57,15 @@ def evaluate(model: vit.ViT, params: dict, images: np.ndarray, labels: np.ndarra
 
 def pretrain(out_dir: str | pathlib.Path | None = None, *, config: vit.ViTConfig | None = None,
              epochs: int = 6, batch_size: int = 128, lr: float = 2e-3, weight_decay: float = 0.05,
-             warmup_steps: int = 500, seed: int = 0, data_dir: pathlib.Path = FASHION_MNIST_DIR) -> dict:
+             warmup_steps: int = 500, seed: int = 0) -> dict:
     """Train the ViT on the 60,000 training images, write it to ``out_dir`` (default the cache).
 
     Returns the metrics written to ``metrics.json``: test accuracy, final training loss, time.
     """
     out_dir = vit.cache_dir() if out_dir is None else pathlib.Path(out_dir)
     config = vit.ViTConfig() if config is None else config
-    x_train, y_train = load_fashion_mnist("train", data_dir)
-    x_test, y_test = load_fashion_mnist("test", data_dir)
+    x_train, y_train = load_fashion_mnist("train")
+    x_test, y_test = load_fashion_mnist("test")
     model = vit.ViT(config)
     key = jax.random.key(seed)
     params = model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
@@ -137,20 +122,25 @@ def pretrain(out_dir: str | pathlib.Path | None = None, *, config: vit.ViTConfig
     return metrics
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m experiments pretrain-vit",
+                                     description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=pathlib.Path, default=None, help="weights folder (default: the cache)")
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--results", type=pathlib.Path, default=RESULTS,
-                        help="where to copy metrics.json ('' to skip)")
+    parser.add_argument("--record", action="store_true",
+                        help=f"also write the metrics to {RESULTS.relative_to(RESULTS.parents[2])}")
     args = parser.parse_args(argv)
-    metrics = pretrain(args.out, epochs=args.epochs, seed=args.seed)
-    if str(args.results):
-        args.results.parent.mkdir(parents=True, exist_ok=True)
-        args.results.write_text(json.dumps(metrics, indent=1) + "\n")
-        print(f"metrics -> {args.results}")
+    try:
+        metrics = pretrain(args.out, epochs=args.epochs, seed=args.seed)
+    except sources.DataUnavailableError as e:
+        print(f"python -m experiments pretrain-vit: {e}", file=sys.stderr)
+        return 2
+    if args.record:
+        RESULTS.write_text(json.dumps(metrics, indent=1) + "\n")
+        print(f"metrics -> {RESULTS}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

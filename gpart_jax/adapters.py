@@ -52,7 +52,9 @@ FORMAT = "gpart-jax-adapter"
 FORMAT_VERSION = 2
 MANIFEST = "adapter.json"
 LOCK = ".lock"
-_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}|\..*\.tmp)$")
+# what a save writes; ``tensors-<id>.orbax-checkpoint-tmp-<time>`` is orbax's own temporary
+# directory, left behind when a save is killed while orbax writes
+_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}(\..*orbax-checkpoint-tmp.*)?|\..*\.tmp)$")
 
 
 class Adapter(NamedTuple):
@@ -306,9 +308,11 @@ def _publish(directory: pathlib.Path, manifest: dict, trainable_arrays, saved_ar
     try:
         _write_tensors(target, arrays)
         _verified(manifest, directory)  # read back: what was written is what was given
+        files.fsync_tree(target)  # on disk before the manifest names it
         files.write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     except BaseException as e:
-        shutil.rmtree(target, ignore_errors=True)
+        for partial in (target, *directory.glob(f"{target.name}.*")):  # orbax's temporary too
+            shutil.rmtree(partial, ignore_errors=True)
         if files.disk_full(e):
             raise AdapterError(f"the disk is full: adapter {directory} was not written (the previous "
                                f"one, if any, is intact); free some space and save again") from None
@@ -357,7 +361,11 @@ def load_adapter(directory, *, base_params=None, method: Method | None = None) -
         raise AdapterCorruptError(f"adapter {directory}: its arrays {[p for p, _ in trainable_arrays][:3]} "
                                   f"are not the trainable leaves of its method ({want[:3]})")
     trainable = jax.tree_util.tree_unflatten(treedef, [x for _, x in trainable_arrays])
-    _check_trainable(rebuilt, trainable)
+    try:
+        _check_trainable(rebuilt, trainable)
+    except (TypeError, ValueError) as e:  # a file whose arrays do not fit its own method
+        raise AdapterCorruptError(f"adapter {directory}: {e}; the manifest was edited or is "
+                                  f"inconsistent") from None
     saved = dict(saved_arrays)
     if base_params is not None and saved:
         join(saved, base_params)

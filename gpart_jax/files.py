@@ -34,6 +34,23 @@ def fsync_dir(directory: pathlib.Path) -> None:
             os.close(fd)
 
 
+def fsync_tree(root: pathlib.Path) -> None:
+    """Flush every file and directory under ``root``, and ``root``'s own entry, to disk.
+
+    What another library wrote (orbax's tensors) is made durable before a manifest points at it,
+    so that a crash of the machine cannot leave a manifest naming files that never reached disk.
+    """
+    for directory, _, names in os.walk(root):
+        for name in names:
+            fd = os.open(os.path.join(directory, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(pathlib.Path(directory))
+    fsync_dir(root.parent)
+
+
 def _umask_mode(mode: int) -> int:
     umask = os.umask(0)
     os.umask(umask)

@@ -13,8 +13,9 @@ Filters:
   (``"kernel"``, ``"query/kernel"``, ``r"fc\\d/kernel"``, a whole path) or at a module above it
   (``"query"``, ``"attention/query"``, ``r"layer_\\d+"``). A *module* match selects, for adapter
   targets (``modules="weights"``), the weights directly in that module, i.e. its floating-point
-  leaves of rank 2 or more (PEFT's ``target_modules=["query", "value"]`` adapts the query and
-  value kernels); for modules trained in full (``modules="all"``) every leaf under it (PEFT's
+  leaves of rank 2 or more other than a ``bias`` (a DenseGeneral bias is 2-D) (PEFT's
+  ``target_modules=["query", "value"]`` adapts the query and value kernels); for modules
+  trained in full (``modules="all"``) every leaf under it (PEFT's
   ``modules_to_save=["classifier"]`` trains the head's kernel and bias).
 * ``"all-linear"``: ``AllLinear()``, every Dense or DenseGeneral ``kernel`` outside the heads.
 * **a list or tuple**: any of its filters.
@@ -92,8 +93,8 @@ class Pattern(FilterBase):
         if any(rx.fullmatch("/".join(parts[i:])) for i in range(n)):
             return True
         if modules == "weights":
-            return is_weight(leaf) and any(rx.fullmatch("/".join(parts[i:n - 1]))
-                                           for i in range(n - 1))
+            return (is_weight(leaf) and parts[-1] != "bias"
+                    and any(rx.fullmatch("/".join(parts[i:n - 1])) for i in range(n - 1)))
         return any(rx.fullmatch("/".join(parts[i:j])) for j in range(1, n) for i in range(j))
 
     def __repr__(self) -> str:

@@ -113,8 +113,15 @@ class Source(Sequence[dict[str, Any]]):
 
 
 def builder(name: str, data_dir: str | Path | None = None) -> Any:
-    """The TFDS builder of an offline name (a ``GpartData`` config) or of a catalog name."""
+    """The TFDS builder of an offline name (a ``GpartData`` config), of a TFDS dataset directory
+    (a path with ``/`` that exists: ``tfds.builder_from_directory``) or of a catalog name."""
     tfds = _tfds()
+    if "/" in name and Path(name).is_dir():
+        try:
+            return tfds.builder_from_directory(name)
+        except Exception as e:
+            raise DataUnavailableError(f"{name} is not a TFDS dataset directory (one holding "
+                                       f"dataset_info.json, as tfds writes it): {e}") from None
     data_dir = str(data_dir or default_data_dir())
     if name in SOURCES:
         from experiments.data.builder import GpartData

@@ -154,6 +154,7 @@ class BucketedBatches:
         window: int = 50,
         drop_remainder: bool = False,
         pad_id: int = 0,
+        order: Any = None,
     ) -> None:
         """Args:
         sequences: token ids of each example (as the tokenizer returns, already truncated).
@@ -166,6 +167,8 @@ class BucketedBatches:
             inside the batch), larger gives less padding and batches of more uniform length.
         drop_remainder: drop the last partial batch instead of filling it with padding rows.
         pad_id: id of the padding token.
+        order: an ``experiments.data.order.ExampleOrder``: batches are cut in its order instead
+            (no shuffling or sorting).
         """
         if batch_size < 1 or window < 1:
             raise ValueError(f"batch_size and window must be >= 1, got {batch_size}, {window}")
@@ -184,6 +187,7 @@ class BucketedBatches:
             raise ValueError(f"{len(self.labels)} labels for {len(self.sequences)} sequences")
         self.batch_size, self.buckets, self.seed = batch_size, tuple(buckets), seed
         self.shuffle, self.window, self.drop_remainder, self.pad_id = shuffle, window, drop_remainder, pad_id
+        self.order = order
         if len(self) == 0:
             raise ValueError(f"{self.num_examples} examples make no full batch of {batch_size}")
 
@@ -200,6 +204,8 @@ class BucketedBatches:
     def plan(self, epoch: int) -> list[np.ndarray]:
         """The example indices of every batch of ``epoch``, in order (padding rows not included)."""
         n, b = self.num_examples, self.batch_size
+        if self.order is not None:
+            return self.order.plan(epoch, b)
         rng = np.random.default_rng([self.seed, epoch]) if self.shuffle else None
         order = rng.permutation(n) if rng is not None else np.arange(n)
         batches: list[np.ndarray] = []
@@ -286,6 +292,22 @@ class BucketedBatches:
             "slots_saved": round(1 - bucketed / fixed, 4),
             "batches_per_bucket": {str(k): counts[k] for k in sorted(counts)},
         }
+
+
+class LMBatches(BucketedBatches):
+    """``BucketedBatches`` of prompt + answer token sequences, plus ``loss_mask`` (float32,
+    ``(B, L)``): 1 on the answer's tokens, 0 on the prompt, padding and filler rows."""
+
+    def __init__(self, sequences: Sequence[np.ndarray], prompt_lengths: Sequence[int], **kwargs: Any):
+        super().__init__(sequences, None, **kwargs)
+        self.prompt_lengths = np.asarray(prompt_lengths, np.int64)
+
+    def collate(self, indices: np.ndarray) -> dict[str, np.ndarray]:
+        batch = super().collate(indices)
+        mask = np.zeros(batch["input_ids"].shape, np.float32)
+        for row, i in enumerate(indices):
+            mask[row, self.prompt_lengths[i]:self.lengths[i]] = 1
+        return batch | {"loss_mask": mask}
 
 
 def text_batches(

@@ -9,7 +9,12 @@ and ``logits = W_h LN(x)[cls]``. No pretrained image model ships in any package,
 ``experiments/pretrain_vit.py`` trains one (``load_pretrained_vit`` runs it once and caches the
 weights). The attention projections are named ``query`` / ``key`` / ``value`` (and ``out``), so
 GPart's default targets ``("query/kernel", "value/kernel")`` select them, in layer order; the
-classifier is ``head`` (excluded from GPart by default, replaced when adapting to new labels).
+classifier is ``head`` (replaced by a new, zero-initialised one when adapting to new labels).
+
+As a model of the experiments (``experiments.models``): images are scaled as in pretraining
+(``normalize``: ``x / 255``, then the Fashion-MNIST mean and std); images of another size (the 8x8
+``digits``) are first resized bilinearly on their 0..255 values. The pretrained weights come
+from ``python -m experiments pretrain-vit``; without them loading is an error naming that command.
 """
 
 from __future__ import annotations
@@ -171,6 +176,10 @@ class ViT(nn.Module):
 
 # --------------------------------------------------------------------------- cache and loading
 
+class MissingPretrainedError(FileNotFoundError):
+    """The pretrained ViT is not in the cache; the message names the command that makes it."""
+
+
 def cache_dir() -> pathlib.Path:
     """``$GPART_JAX_CACHE/vit_fmnist`` (default ``~/.cache/gpart-jax/vit_fmnist``)."""
     root = os.environ.get("GPART_JAX_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "gpart-jax")
@@ -195,20 +204,19 @@ def load_pretrained_vit(num_classes: int | None = None, *,
                         directory: str | pathlib.Path | None = None) -> tuple[ViT, dict]:
     """The Fashion-MNIST ViT as ``(model, {"params": params})``.
 
-    Reads the cache (``cache_dir()`` unless ``directory``); if it has no weights, runs
-    ``experiments.pretrain_vit.pretrain`` (several minutes on a CPU) and says so on stdout.
-    ``num_classes`` other than the pretrained 10 replaces ``head`` by a fresh zero-initialised
-    one (to adapt the model to another labelling).
+    Reads the cache (``cache_dir()`` unless ``directory``); without weights there it raises
+    ``MissingPretrainedError`` naming the command that makes them. ``num_classes`` other than the
+    pretrained 10 replaces ``head`` by a fresh zero-initialised one (to adapt the model to
+    another labelling).
     """
     from safetensors.numpy import load_file
 
     directory = cache_dir() if directory is None else pathlib.Path(directory)
     if not (directory / "params.safetensors").exists():
-        from experiments import pretrain_vit
-
-        print(f"No pretrained ViT in {directory}: pretraining it on Fashion-MNIST now "
-              f"(experiments/pretrain_vit.py, several minutes on a CPU)", flush=True)
-        pretrain_vit.pretrain(directory)
+        raise MissingPretrainedError(
+            f"no pretrained ViT in {directory}: make it with `python -m experiments pretrain-vit` "
+            f"(Fashion-MNIST from Debian, several minutes on a CPU), or point $GPART_JAX_CACHE at a "
+            f"cache that has it")
     config = ViTConfig(**json.loads((directory / "config.json").read_text()))
     params = names.unflatten_params({p: jnp.asarray(v) for p, v in
                                      load_file(str(directory / "params.safetensors")).items()})
@@ -217,3 +225,63 @@ def load_pretrained_vit(num_classes: int | None = None, *,
         params["head"] = {"kernel": jnp.zeros((config.hidden_size, num_classes), jnp.float32),
                           "bias": jnp.zeros((num_classes,), jnp.float32)}
     return ViT(config), {"params": params}
+
+
+# --------------------------------------------------------------------------- the model interface
+
+KIND = "classification"
+DATA = "image"
+HEAD = ("head",)
+INPUTS = ("image",)
+
+
+def _config(directory: pathlib.Path | None = None) -> ViTConfig:
+    path = (cache_dir() if directory is None else directory) / "config.json"
+    return ViTConfig(**json.loads(path.read_text())) if path.exists() else ViTConfig()
+
+
+def abstract(cfg, num_classes: int):
+    """``(model, params as ShapeDtypeStructs)``: no weights read."""
+    config = dataclasses.replace(_config(), num_classes=num_classes)
+    model = ViT(config)
+    shape = (1, config.image_size, config.image_size, config.channels)
+    return model, jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros(shape)))
+
+
+def load(cfg, num_classes: int):
+    """The pretrained ViT with a new, zero-initialised ``head`` of ``num_classes``."""
+    if cfg.compute_dtype != "float32":
+        raise ValueError("the ViT computes in float32 only; set --config.compute_dtype=float32")
+    model, variables = load_pretrained_vit(num_classes)
+    head = variables["params"]["head"]  # always a new head (the pretrained one has 10 classes too)
+    variables["params"]["head"] = jax.tree_util.tree_map(jnp.zeros_like, head)
+    return model, variables
+
+
+def image_arrays(rows: list[dict], size: int) -> dict[str, np.ndarray]:
+    """``{"image": float32 (N, size, size, 1) model input, "label": int32}`` of image examples.
+
+    Images of another size are resized bilinearly on their 0..255 values first, then normalized
+    like the pretraining data (``normalize``).
+    """
+    images = np.stack([np.asarray(r["image"]) for r in rows]).astype(np.float32)
+    if images.shape[1:3] != (size, size):
+        images = np.asarray(jax.image.resize(images, (len(images), size, size, images.shape[3]),
+                                             "linear"))
+    return {"image": np.asarray(normalize(images)),
+            "label": np.asarray([r["label"] for r in rows], np.int32)}
+
+
+def batches(cfg, examples, *, batch_size: int, shuffle: bool, order=None):
+    """Shuffled, resumable batches of the normalized images (``experiments.data.arrays``)."""
+    from experiments.data.arrays import ArrayBatches
+
+    return ArrayBatches(image_arrays(list(examples), _config().image_size), batch_size=batch_size,
+                        seed=cfg.seed, shuffle=shuffle, order=order)
+
+
+def logits(model, params, batch, rng=None):
+    """float32 logits ``(B, classes)``; dropout (``config.dropout``) when ``rng`` is given."""
+    out = model.apply(params, batch["image"], deterministic=rng is None,
+                      rngs={} if rng is None else {"dropout": rng})
+    return out.astype(jnp.float32)

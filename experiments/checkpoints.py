@@ -1,0 +1,181 @@
+"""Checkpoints of a training run, written with orbax and verified on every restore.
+
+``RunCheckpointer`` wraps orbax's ``CheckpointManager``: it keeps the last ``keep_last`` steps and
+the best step by a metric (both at once), stores the whole training state (trainable pytree,
+saved modules, optimizer state, step) plus JSON (data position, metrics, the loss window, a
+config fingerprint), and resumes from the latest step. orbax writes each step into a temporary
+directory and renames it when complete, so a save killed half-way never damages an earlier one.
+
+Integrity, as for adapter files: every saved array's sha256 is recorded in the step's JSON and
+checked on restore, and non-finite parameters are refused at save and at load. A damaged latest
+step makes ``restore_latest`` fall back to the newest earlier step that verifies, and say so;
+a damaged step asked for by number is a ``CheckpointCorruptError``. (Damaged steps are deleted
+as they are found: the run redoes them.)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+
+from gpart_jax.paths import leaves_with_paths
+
+
+class CheckpointCorruptError(ValueError):
+    """A run checkpoint whose files are damaged or whose arrays differ from their sha256."""
+
+
+class CheckpointConfigError(ValueError):
+    """A checkpoint directory written by another config."""
+
+
+def _sha256(x: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()
+
+
+def digests(state) -> list[str]:
+    """sha256 of every leaf of ``state`` (host arrays), in pytree order."""
+    return [_sha256(np.asarray(x)) for x in jax.tree_util.tree_leaves(state)]
+
+
+def non_finite(tree) -> list[str]:
+    """Paths of the floating-point leaves of ``tree`` that hold NaN or inf."""
+    bad = []
+    for path, leaf in leaves_with_paths(tree)[0]:
+        x = np.asarray(leaf)
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            bad.append(path or "(root)")
+    return bad
+
+
+class RunCheckpointer:
+    """Checkpoints of a training run: keep the last ``keep_last`` and the best by ``best_metric``.
+
+    ``state`` is a pytree of host arrays (``jax.device_get`` of the training state); ``info`` is
+    JSON (data position, metrics, anything needed to resume). ``best_mode`` (``"max"`` or
+    ``"min"``) must be given with ``best_metric``: a loss is minimized, an accuracy maximized.
+    A ``config_fingerprint`` is stored with each step; restoring refuses a directory written by
+    another config.
+    """
+
+    def __init__(self, directory, *, keep_last: int = 2, best_metric: str | None = None,
+                 best_mode: str | None = None, config_fingerprint: str | None = None):
+        import orbax.checkpoint as ocp
+        from orbax.checkpoint import checkpoint_managers as ocm
+
+        if not isinstance(keep_last, int) or keep_last < 1:
+            raise ValueError(f"keep_last must be an integer >= 1, got {keep_last!r}")
+        if best_metric is not None and best_mode not in ("max", "min"):
+            raise ValueError(f"best_mode must be 'max' or 'min' with best_metric={best_metric!r} "
+                             f"(a loss is minimized, an accuracy maximized), got {best_mode!r}")
+        self.directory = pathlib.Path(directory).absolute()
+        self.best_metric, self.best_mode = best_metric, best_mode
+        self.config_fingerprint = config_fingerprint
+        policies = [ocm.LatestN(n=keep_last)]
+        if best_metric is not None:
+            policies.append(ocm.BestN(get_metric_fn=lambda m: m[best_metric],
+                                      reverse=best_mode == "min", n=1,
+                                      keep_checkpoints_without_metrics=False))
+        # best_fn makes orbax write each step's metrics to disk: without it they live in memory
+        # only, and a resumed run (a new manager) would forget the best step and delete it.
+        options = ocp.CheckpointManagerOptions(
+            preservation_policy=ocm.AnyPreservationPolicy(policies),
+            best_fn=None if best_metric is None else (lambda m: m[best_metric]),
+            best_mode=best_mode or "max", enable_async_checkpointing=False, create=True)
+        self._ocp = ocp
+        self._manager = ocp.CheckpointManager(self.directory, item_names=("state", "info"),
+                                              options=options)
+
+    def save(self, step: int, state, info: dict | None = None, metrics: dict | None = None) -> None:
+        """Save ``state`` and ``info`` as ``step`` (``metrics`` rank it for the best-N policy).
+
+        Refuses (``FloatingPointError``) a state with non-finite parameters: a diverged run keeps
+        its last good checkpoint.
+        """
+        bad = non_finite(state)
+        if bad:
+            raise FloatingPointError(f"refusing to checkpoint step {step}: {', '.join(bad[:3])} hold "
+                                     f"NaN or inf (the run diverged; lower the learning rates)")
+        info = dict(info or {})
+        info["config_fingerprint"] = self.config_fingerprint
+        info["state_sha256"] = digests(state)
+        if metrics is not None:
+            info["metrics"] = metrics
+        ocp = self._ocp
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state), info=ocp.args.JsonSave(info)),
+            metrics=metrics, force=True)
+        self._manager.wait_until_finished()
+
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def all_steps(self) -> list[int]:
+        return sorted(self._manager.all_steps())
+
+    def _info(self, step: int) -> dict:
+        ocp = self._ocp
+        try:
+            info = self._manager.restore(step, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
+        except Exception as e:  # orbax raises many types for damaged files
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its JSON cannot be "
+                                         f"read ({type(e).__name__}: {str(e)[:160]})") from None
+        if not isinstance(info, dict):
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its JSON is not an "
+                                         f"object")
+        if info.get("config_fingerprint") != self.config_fingerprint:
+            raise CheckpointConfigError(f"{self.directory} holds a run of another config (fingerprint "
+                                        f"{str(info.get('config_fingerprint'))[:12]}, this one "
+                                        f"{str(self.config_fingerprint)[:12]}); use another directory")
+        return info
+
+    def restore(self, abstract_state, step: int) -> tuple[Any, dict]:
+        """``(state, info)`` of ``step``, verified (``CheckpointCorruptError`` if damaged).
+
+        ``abstract_state`` gives the tree structure, shapes and dtypes (``jax.eval_shape`` of the
+        initial state).
+        """
+        info = self._info(step)
+        ocp = self._ocp
+        try:
+            state = self._manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(abstract_state))).state
+        except Exception as e:
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its arrays cannot be "
+                                         f"read ({type(e).__name__}: {str(e)[:160]})") from None
+        state = jax.device_get(state)
+        recorded = info.get("state_sha256")
+        if recorded is None or recorded != digests(state):
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its arrays differ from "
+                                         f"their recorded sha256 (damaged)")
+        bad = non_finite(state)
+        if bad:
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: {bad[:3]} hold NaN or "
+                                         f"inf")
+        return state, info
+
+    def restore_latest(self, abstract_state, warn: Callable[[str], None] = print
+                       ) -> tuple[Any, dict] | None:
+        """The newest step that verifies, ``None`` if there is none. Each damaged newer step is
+        reported through ``warn`` and deleted (the run redoes those steps from the good one)."""
+        for step in reversed(self.all_steps()):
+            try:
+                return self.restore(abstract_state, step)
+            except CheckpointCorruptError as e:
+                warn(f"{e}; it is deleted and the run resumes from the previous checkpoint")
+                self._manager.delete(step)
+        return None
+
+    def close(self) -> None:
+        self._manager.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

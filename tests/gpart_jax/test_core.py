@@ -1,0 +1,476 @@
+"""GPart against dense float64 references: isometry, w = w0 + P theta, grad_theta = P^T grad_w,
+residuals, dropout, dtypes, seeds, specs and bad input."""
+
+import contextlib
+import io
+import json
+import warnings
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+from jax._src.ad_checkpoint import saved_residuals
+from jax.ad_checkpoint import print_saved_residuals
+
+import gpart_jax as gj
+from gpart_jax import layout
+
+TARGETS = ("query/kernel", "value/kernel", "mlp/kernel")
+CONFIGS = [  # (scheme, scope, materialize, element_order, bias)
+    ("stateless", "global", False, "native", False),
+    ("stateless", "global", True, "torch", True),
+    ("balanced", "global", False, "torch", False),
+    ("balanced", "global", True, "native", True),
+    ("stateless", "transformer_block", False, "torch", True),
+    ("balanced", "transformer_block", False, "native", False),
+]
+
+
+def small_params(n_layers=3, seed=0):
+    rng = np.random.default_rng(seed)
+
+    def arr(*shape):
+        return jnp.asarray(rng.normal(size=shape), jnp.float32)
+
+    return {"params": {
+        "embed": arr(11, 6),
+        **{f"layer_{i}": {"query": {"kernel": arr(6, 5), "bias": arr(5)},
+                          "value": {"kernel": arr(6, 4), "bias": arr(4)},
+                          "mlp": {"kernel": arr(5, 6)}} for i in range(n_layers)},
+        "head": {"kernel": arr(6, 2)},
+    }}
+
+
+def get(tree, path):
+    for k in path.split("/"):
+        tree = tree[k]
+    return tree
+
+
+def flat_global(gp, tree):
+    """Adapted leaves of ``tree`` concatenated in the layout's global order (float64)."""
+    out = []
+    for e in gp.layout:
+        x = np.asarray(get(tree, e.path), np.float64)
+        out.append((x.T if e.element_order == "torch" else x).reshape(-1))
+    return np.concatenate(out)
+
+
+def make(config, d=17, params=None, **options):
+    """A GPart on ``params`` (default: two layers) with the config's options."""
+    scheme, scope, materialize, order, bias = config
+    entries = layout.build(params if params is not None else small_params(2), TARGETS,
+                           element_order=order, bias=bias)
+    return gj.GPart.from_layout(entries, d=d, seed=5, scheme=scheme, scope=scope,
+                                materialize=materialize, **options)
+
+
+def assert_trees_equal(a, b):
+    assert jax.tree_util.tree_structure(a) == jax.tree_util.tree_structure(b)
+    jax.tree_util.tree_map(np.testing.assert_array_equal, a, b)
+
+
+# --------------------------------------------------------------------------- the defining identities
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_apply_is_w0_plus_p_theta_and_gradient_is_p_transpose_grad_w(config):
+    params = small_params(2)
+    gp = make(config, params=params)
+    p = gp.dense_projection()
+    assert p.shape == (gp.num_adapted, gp.d) and gp.num_empty_groups == 0
+    np.testing.assert_allclose(p.T @ p, np.eye(gp.d), atol=1e-6)  # P^T P = I
+    rng = np.random.default_rng(1)
+    t1, t2 = rng.normal(size=(2, gp.d)).astype(np.float32)
+    np.testing.assert_allclose(np.linalg.norm(p @ (t1 - t2)), np.linalg.norm(t1 - t2), rtol=1e-6)
+
+    def loss(theta):
+        full = gp.apply(theta, params)
+        return sum(jnp.sum(jnp.sin(x) * x) for x in jax.tree_util.tree_leaves(full)), full
+
+    grad, out = jax.jit(jax.grad(loss, has_aux=True))(jnp.asarray(t1))
+    w = flat_global(gp, params) + p @ t1.astype(np.float64)
+    np.testing.assert_allclose(flat_global(gp, out), w, atol=1e-6)
+    grad_w = np.cos(w) * w + np.sin(w)
+    np.testing.assert_allclose(np.asarray(grad), p.T @ grad_w, rtol=1e-5, atol=1e-5)
+    # Leaves outside the layout come back unchanged.
+    np.testing.assert_array_equal(out["params"]["head"]["kernel"], params["params"]["head"]["kernel"])
+    np.testing.assert_array_equal(out["params"]["embed"], params["params"]["embed"])
+    if not config[4]:
+        np.testing.assert_array_equal(get(out, "params/layer_0/query/bias"),
+                                      get(params, "params/layer_0/query/bias"))
+
+
+def test_empty_groups_warn_and_leave_the_used_groups_isometric():
+    params = {"w": {"kernel": jnp.zeros((4, 5))}}
+    with pytest.warns(UserWarning, match="groups are empty"):
+        gp = gj.GPart.create(params, d=20, seed=0, targets="kernel")
+    assert gp.num_empty_groups == int(np.sum(gp.group_sizes == 0)) > 0
+    p = gp.dense_projection()
+    used = gp.group_sizes > 0
+    np.testing.assert_allclose((p.T @ p)[np.ix_(used, used)], np.eye(used.sum()), atol=1e-6)
+    assert np.all(p[:, ~used] == 0)
+    np.testing.assert_array_equal(np.asarray(gp.scales)[~used], 1.0)  # clamped n_j = 1
+    # The balanced scheme never has empty groups for d <= N, and so never warns.
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        balanced = gj.GPart.create(params, d=20, targets="kernel", scheme="balanced")
+    assert balanced.num_empty_groups == 0
+
+
+@pytest.mark.parametrize("scheme", ["stateless", "balanced"])
+def test_non_isometric_gram_is_diag_group_sizes(scheme):
+    gp = make((scheme, "global", False, "native", False), isometric=False)
+    assert gp.name == "gpart-noniso"
+    p = gp.dense_projection()
+    np.testing.assert_allclose(p.T @ p, np.diag(gp.group_sizes.astype(np.float64)))
+    np.testing.assert_array_equal(np.asarray(gp.scales), 1.0)
+
+
+@pytest.mark.parametrize("isometric", [True, False])
+def test_weight_decay_identity(isometric):
+    gp = make(("balanced", "global", False, "native", False), isometric=isometric)
+    theta = jnp.asarray(np.random.default_rng(3).normal(size=gp.d), jnp.float32)
+    delta = np.concatenate([np.asarray(x, np.float64).ravel() for x in jax.jit(gp.deltas)(theta)])
+    t = np.asarray(theta, np.float64)
+    if isometric:  # ||Delta w||^2 = ||theta||^2: decay on theta is decay on the update
+        np.testing.assert_allclose(np.sum(delta**2), np.sum(t**2), rtol=1e-6)
+    else:  # ||Delta w||^2 = sum_j n_j theta_j^2: off by the group sizes (about N / d)
+        np.testing.assert_allclose(np.sum(delta**2), np.sum(gp.group_sizes * t**2), rtol=1e-6)
+        ratio = np.sum(delta**2) / np.sum(t**2)
+        assert 0.5 * gp.num_adapted / gp.d < ratio < 2 * gp.num_adapted / gp.d
+
+
+# --------------------------------------------------------------------------- ids
+
+@pytest.mark.parametrize("config", [CONFIGS[4], CONFIGS[5]], ids=str)
+def test_recomputed_ids_equal_materialized_ids(config):
+    scheme, scope, _, order, bias = config
+    a = make((scheme, scope, False, order, bias))
+    b = make((scheme, scope, True, order, bias))
+    assert a.ids is None and len(b.ids) == len(b.layout)
+    for entry, ids in zip(b.layout, b.ids, strict=True):
+        assert ids.dtype == jnp.int32 and ids.shape == entry.shape
+    np.testing.assert_array_equal(a.global_group_ids(), b.global_group_ids())
+
+
+def test_stateless_ids_are_the_public_group_ids():
+    gp = make(("stateless", "global", False, "torch", True))
+    np.testing.assert_array_equal(gp.global_group_ids(),
+                                  gj.group_ids(0, gp.num_adapted, gp.d, gp.seed))
+    np.testing.assert_array_equal(gp.group_sizes,
+                                  np.bincount(gp.global_group_ids(), minlength=gp.d))
+
+
+def test_balanced_ids_are_the_public_balanced_ids():
+    gp = make(("balanced", "global", False, "torch", False))
+    np.testing.assert_array_equal(
+        gp.global_group_ids(),
+        gj.balanced_group_ids(0, gp.num_adapted, gp.d, gp.seed, gp.num_adapted))
+    np.testing.assert_array_equal(gp.group_sizes, gj.balanced_group_sizes(gp.num_adapted, gp.d))
+
+
+def test_transformer_block_scope_follows_reference_rules():
+    gp = make(("stateless", "transformer_block", False, "torch", False), d=17,
+              params=small_params(3))
+    assert [b.prefix for b in gp.blocks] == [f"params/layer_{i}" for i in range(3)]
+    assert [b.d for b in gp.blocks] == [6, 6, 5]  # divmod(17, 3): the first 2 get one more
+    assert [b.seed for b in gp.blocks] == [5, 6, 7]
+    assert [b.theta_offset for b in gp.blocks] == [0, 6, 12]
+    ids = gp.global_group_ids()
+    start = 0
+    for b in gp.blocks:  # positions restart at 0 in each block, seeded seed + k
+        np.testing.assert_array_equal(ids[start:start + b.num_positions] - b.theta_offset,
+                                      gj.group_ids(0, b.num_positions, b.d, b.seed))
+        start += b.num_positions
+    assert start == gp.num_adapted
+
+
+def test_transformer_block_scope_errors():
+    params = small_params()
+    with pytest.raises(gj.TargetError, match="in no transformer block"):
+        gj.GPart.from_layout(layout.build(params, "kernel"), d=4, scope="transformer_block")
+    with pytest.raises(ValueError, match="smaller than the number of transformer blocks"):
+        gj.GPart.from_layout(layout.build(params, TARGETS), d=2, scope="transformer_block")
+    custom = {"stage1": {"kernel": jnp.ones((3, 3))}, "stage2": {"kernel": jnp.ones((3, 3))}}
+    gp = gj.GPart.from_layout(layout.build(custom, "kernel"), d=4, scope="transformer_block",
+                              layer_pattern=r"stage(\d+)")
+    assert [b.prefix for b in gp.blocks] == ["stage1", "stage2"]
+
+
+# --------------------------------------------------------------------------- memory, dtypes, dropout
+
+def test_backward_keeps_no_n_sized_residual():
+    big = {"a": {"kernel": jnp.ones((300, 200))}, "b": {"kernel": jnp.ones((200, 300))}}
+    for materialize in (False, True):
+        gp = gj.GPart.create(big, d=64, targets="kernel", materialize=materialize)
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            print_saved_residuals(gp.deltas, gp.init())
+        text = buf.getvalue()
+        assert "f32[64]" in text, text  # the scales
+        residuals = saved_residuals(gp.deltas, gp.init())
+        big_ones = [(aval, why) for aval, why in residuals if np.prod(aval.shape) > gp.d]
+        if materialize:  # only the stored ids themselves, nothing computed in the forward
+            assert len(big_ones) == 2 and all("constant" in why for _, why in big_ones), text
+        else:
+            assert not big_ones, text
+
+
+def test_bf16_base_lean_and_exact():
+    params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), small_params())
+    exact = gj.GPart.create(params, d=9, targets="kernel", adapted_dtype="float32")
+    lean = gj.GPart.create(params, d=9, targets="kernel", adapted_dtype="base")
+    theta = jnp.full((9,), 1e-3, jnp.float32)
+    out_exact, out_lean, deltas = jax.jit(
+        lambda t: (exact.apply(t, params), lean.apply(t, params), exact.deltas(t)))(theta)
+    path = exact.layout[0].path
+    w0 = np.asarray(get(params, path), np.float32)
+    assert get(out_exact, path).dtype == jnp.float32 and get(out_lean, path).dtype == jnp.bfloat16
+    assert get(out_exact, "params/embed").dtype == jnp.bfloat16  # not adapted: as it was
+    delta = np.asarray(deltas[0])
+    np.testing.assert_allclose(np.asarray(get(out_exact, path)) - w0, delta, rtol=1e-3, atol=1e-7)
+    # bf16 rounding loses most of a delta of ~5e-4 on weights of order 1.
+    lost = np.abs(np.asarray(get(out_lean, path), np.float32) - w0 - delta).mean()
+    assert lost > 0.3 * np.abs(delta).mean()
+
+
+def test_dropout_on_kernel_deltas_only():
+    params = small_params()
+    gp = make(("stateless", "global", False, "native", True), params=params)
+    theta = jnp.ones((gp.d,), jnp.float32)
+    key = jax.random.key(0)
+
+    @jax.jit
+    def run(theta, key, other_key):
+        return (gp.apply(theta, params, dropout=0.5, key=key),
+                gp.apply(theta, params, dropout=0.5, key=key),
+                gp.apply(theta, params, dropout=0.5, key=other_key),
+                gp.apply(theta, params, dropout=0.0, key=key),
+                gp.apply(theta, params), gp.deltas(theta))
+
+    a, again, other, no_drop, plain, deltas = run(theta, key, jax.random.key(1))
+    assert_trees_equal(a, again)  # deterministic given the key
+    assert not np.array_equal(get(a, gp.layout[0].path), get(other, gp.layout[0].path))
+    assert_trees_equal(no_drop, plain)
+    for e, delta in zip(gp.layout, deltas, strict=True):
+        got = np.asarray(get(a, e.path)) - np.asarray(get(params, e.path))
+        if e.is_bias:
+            np.testing.assert_allclose(got, delta, atol=1e-6)
+        else:
+            kept = np.abs(got) > 1e-7
+            np.testing.assert_allclose(got[kept], 2 * np.asarray(delta)[kept], rtol=1e-5)
+            assert 0 < kept.mean() < 1
+    with pytest.raises(ValueError, match="needs a PRNG key"):
+        gp.apply(theta, params, dropout=0.1)
+    with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
+        gp.apply(theta, params, dropout=1.0, key=key)
+
+
+# --------------------------------------------------------------------------- init, seeds, jit
+
+def test_init():
+    params = small_params()
+    gp = make(CONFIGS[0], params=params)
+    theta = gp.init()
+    assert theta.dtype == jnp.float32 and theta.shape == (17,)
+    np.testing.assert_array_equal(theta, 0.0)
+    assert_trees_equal(jax.jit(gp.apply)(theta, params), params)  # theta = 0: the base exactly
+    bounded = make(CONFIGS[0], init_bound=0.02)
+    t = bounded.init(jax.random.key(0))
+    assert t.dtype == jnp.float32 and 0 < float(jnp.abs(t).min()) and float(jnp.abs(t).max()) <= 0.02
+    assert not np.array_equal(t, bounded.init(jax.random.key(1)))
+    with pytest.raises(ValueError, match="PRNG key"):
+        bounded.init()
+
+
+def test_reparam_fn_seed_rules():
+    params = small_params()
+    stateless = make(("stateless", "global", False, "native", False), params=params)
+    theta = jnp.ones((stateless.d,), jnp.float32)
+    f = stateless.reparam_fn()
+    got, expected = jax.jit(lambda t, p: (f(t, 5, p), stateless.apply(t, p)))(theta, params)
+    assert_trees_equal(got, expected)
+    with pytest.raises(ValueError, match="depend on the seed"):
+        jax.eval_shape(f, theta, 6, params)
+    with pytest.raises(TypeError, match="seed must be a concrete Python integer"):
+        jax.eval_shape(jax.jit(f), theta, 5, params)  # a traced seed
+    balanced = make(("balanced", "global", False, "native", False), params=params)
+    other = gj.GPart.create(params, d=balanced.d, seed=99, scheme="balanced", targets=TARGETS)
+    # The function is a pytree (a Partial holding the GPart): an argument of jit like any other.
+    run = jax.jit(lambda g, t, p: (g(t, 99, p), g(t, 5, p), other.apply(t, p)))
+    seed_99, seed_5, expected = run(balanced.reparam_fn(), theta, params)
+    assert_trees_equal(seed_99, expected)
+    assert not np.array_equal(get(seed_99, balanced.layout[0].path),
+                              get(seed_5, balanced.layout[0].path))
+    np.testing.assert_array_equal(np.asarray(balanced.with_seed(99).scales), balanced.scales)
+    assert balanced.with_seed(5) is balanced
+    with pytest.raises(ValueError, match="materialized ids"):
+        make(("balanced", "global", True, "native", False)).with_seed(6)
+
+
+def test_gpart_passes_through_jit_as_an_argument():
+    params = small_params()
+    gp = make(("stateless", "global", True, "native", False), params=params)
+    theta = jnp.ones((gp.d,), jnp.float32)
+    leaves = jax.tree_util.tree_leaves(gp)
+    assert any(x.dtype == jnp.int32 for x in leaves)  # the materialized ids are leaves
+    f = jax.jit(lambda gp, t, p: gp.apply(t, p))
+    assert_trees_equal(f(gp, theta, params), jax.jit(gp.apply)(theta, params))
+    # Equal plans compare equal (static data by value): a rebuilt GPart does not recompile.
+    again = make(("stateless", "global", True, "native", False), params=params)
+    assert again.plan == gp.plan and hash(again.plan) == hash(gp.plan)
+    size = f._cache_size()
+    f(again, theta, params)
+    assert f._cache_size() == size
+
+
+def test_nnx_model_round_trip():
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.layers = nnx.List([nnx.Linear(4, 4, rngs=rngs) for _ in range(2)])
+            self.head = nnx.Linear(4, 2, rngs=rngs)
+
+        def __call__(self, x):
+            for layer in self.layers:
+                x = jnp.tanh(layer(x))
+            return self.head(x)
+
+    model = Model(nnx.Rngs(0))
+    graphdef, state = nnx.split(model)
+    gp = gj.GPart.create(state, d=6, targets=r"layers/\d+/kernel")
+    assert gp.target_paths == ("layers/0/kernel", "layers/1/kernel")
+    theta = jnp.asarray(np.random.default_rng(0).normal(size=6), jnp.float32)
+    x = jnp.ones((3, 4))
+
+    def forward(theta):
+        return nnx.merge(graphdef, gp.apply(theta, state))(x)
+
+    def run(theta):
+        out, pullback = jax.vjp(forward, theta)
+        return out, pullback(jnp.ones_like(out))[0], gp.deltas(theta)
+
+    out, grad, deltas = jax.jit(run)(theta)
+    ref_model = nnx.merge(graphdef, state)
+    for i, layer in enumerate(ref_model.layers):
+        layer.kernel.set_value(layer.kernel.get_value() + deltas[i])
+    np.testing.assert_allclose(out, ref_model(x), atol=1e-6)
+    assert grad.shape == (6,) and np.any(grad != 0)
+
+
+# --------------------------------------------------------------------------- spec, summary
+
+def test_spec_round_trip():
+    params = small_params()
+    gp = make(("balanced", "transformer_block", False, "torch", True), params=params,
+              init_bound=0.01)
+    spec = json.loads(json.dumps(gp.spec()))
+    assert spec["method"] == "gpart" and spec["seed"] == "5" and spec["fingerprint"] == gp.fingerprint
+    again = gj.GPart.from_spec(spec, params)
+    assert again.plan == gp.plan  # the same partition: ids are a function of the plan
+    assert gj.methods.from_spec(spec, params).plan == gp.plan
+    lean = gj.GPart.from_spec(spec, params, materialize=True, adapted_dtype="base")
+    assert lean.materialize and lean.adapted_dtype == "base" and lean.fingerprint == gp.fingerprint
+    with pytest.raises(TypeError, match="only materialize and adapted_dtype"):
+        gj.GPart.from_spec(spec, params, d=3)
+    with pytest.raises(gj.LayoutMismatchError, match="layer_2/query/kernel: missing"):
+        gj.GPart.from_spec(spec, small_params(n_layers=2))
+    edited = dict(spec, d=16)
+    with pytest.raises(gj.LayoutMismatchError, match="fingerprint"):
+        gj.GPart.from_spec(edited, params)
+
+
+def test_summary_and_repr():
+    params = small_params()
+    gp = gj.GPart.create(params, d=17, seed=5, targets=TARGETS)
+    s = gp.summary(params)
+    assert (s.method, s.trainable, s.saved, s.adapted_count) == ("gpart", 17, 0, gp.num_adapted)
+    assert s.total == sum(x.size for x in jax.tree_util.tree_leaves(params))
+    text = str(s)
+    assert "gpart (d 17, N 252, scheme stateless, seed 5" in text
+    assert "params/layer_2/mlp/kernel  (5, 6)" in text and "trainable%" in text
+    assert repr(gp).startswith("GPart(d=17, N=252, seed=5, scheme='stateless'")
+    assert gp.num_trainable == 17 and gp.trainable_bytes() == 68
+
+
+# --------------------------------------------------------------------------- bad input
+
+def test_bad_d():
+    params = small_params()
+    for bad in (0, -1):
+        with pytest.raises(ValueError, match="d must be in"):
+            gj.GPart.create(params, d=bad, targets="kernel")
+    with pytest.raises(ValueError, match=r"d = 10000 exceeds N = \d+"):
+        gj.GPart.create(params, d=10_000, targets="kernel")
+    with pytest.raises(TypeError, match="d must be an integer"):
+        gj.GPart.create(params, d=3.0, targets="kernel")
+
+
+@pytest.mark.parametrize("bad", [-1, 2**64, 2.0, None, True])
+def test_bad_seed(bad):
+    with pytest.raises((ValueError, TypeError), match="seed"):
+        gj.GPart.create(small_params(), d=4, seed=bad, targets="kernel")
+
+
+def test_traced_seed_is_refused():
+    params = small_params()
+    with pytest.raises(TypeError, match="seed must be a concrete Python integer.*static"):
+        jax.jit(lambda s: gj.GPart.create(params, d=4, seed=s, targets="kernel").init())(3)
+
+
+def test_bad_options():
+    params = small_params()
+    entries = layout.build(params, TARGETS)
+    with pytest.raises(ValueError, match="scheme must be one of"):
+        gj.GPart.create(params, d=4, scheme="random")
+    with pytest.raises(ValueError, match="scope must be one of"):
+        gj.GPart.from_layout(entries, d=4, scope="layer")
+    with pytest.raises(ValueError, match="adapted_dtype must be one of"):
+        gj.GPart.create(params, d=4, adapted_dtype="float16")
+    with pytest.raises(TypeError, match="isometric must be True or False"):
+        gj.GPart.create(params, d=4, isometric=1)
+    with pytest.raises(TypeError, match="materialize must be True or False"):
+        gj.GPart.create(params, d=4, materialize="yes")
+    with pytest.raises(ValueError, match="init_bound must be in"):
+        gj.GPart.create(params, d=4, init_bound=-0.1)
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        gj.GPart.create(params, d=4, warn_empty=False)
+
+
+def test_bad_theta():
+    params = small_params()
+    gp = make(CONFIGS[0], params=params)
+    with pytest.raises(ValueError, match=r"theta must have shape \(17,\), got \(16,\)"):
+        gp.apply(jnp.zeros((16,), jnp.float32), params)
+    with pytest.raises(ValueError, match="theta must have shape.*jax.vmap"):
+        gp.apply(jnp.zeros((2, 17), jnp.float32), params)
+    with pytest.raises(TypeError, match="theta must be float32, got bfloat16"):
+        gp.apply(jnp.zeros((17,), jnp.bfloat16), params)
+    with pytest.raises(TypeError, match="theta must be float32, got int32"):
+        gp.apply(jnp.zeros((17,), jnp.int32), params)
+    with pytest.raises(TypeError, match=r"theta must be a float32 array of shape \(17,\), got list"):
+        gp.apply([0.0] * 17, params)
+
+
+def test_bad_base_params():
+    params = small_params()
+    gp = make(CONFIGS[0], params=params)
+    theta = gp.init()
+    with pytest.raises(TypeError, match="base_params is None"):
+        gp.apply(theta, None)
+    with pytest.raises(gj.LayoutMismatchError, match=r"base_params.*params/layer_2/mlp/kernel: missing"):
+        gp.apply(theta, small_params(n_layers=2))
+    wider = small_params()
+    wider["params"]["layer_0"]["query"]["kernel"] = jnp.ones((7, 5))
+    with pytest.raises(gj.LayoutMismatchError,
+                       match=r"layer_0/query/kernel: shape \(7, 5\), expected \(6, 5\)"):
+        gp.apply(theta, wider)
+    ints = small_params()
+    ints["params"]["layer_1"]["value"]["kernel"] = jnp.ones((6, 4), jnp.int32)
+    with pytest.raises(gj.LayoutMismatchError, match="layer_1/value/kernel: dtype int32"):
+        gp.apply(theta, ints)
+    shapes = jax.eval_shape(small_params)
+    assert make(CONFIGS[0], params=shapes).plan == gp.plan  # shapes are enough to build ...
+    with pytest.raises(gj.LayoutMismatchError, match="ShapeDtypeStruct.*needs the arrays"):
+        gp.apply(theta, shapes)  # ... but applying needs the weights
