@@ -7,13 +7,23 @@
 
 On CPU the processes exchange data through gloo (``jax_cpu_collectives_implementation``). The
 partition needs no communication: every process hashes the same positions with the same seed.
-``initialize`` must run before anything else touches JAX's backends.
+``initialize`` must run before anything else touches JAX's backends. A process that dies takes
+the others down within ``HEARTBEAT_S`` seconds (JAX's default heartbeat waits 100 s).
+
+Every decision a run makes from its files (its status, where it resumes, whether its workdir lock
+was taken) is made by process 0 and broadcast (``agree``): a process that took another branch
+would wait in a collective the others never enter. A stop (SIGTERM from a scheduler) is agreed
+on through JAX's preemption sync point (``stop_agreed``), so every process stops at one step.
 """
 
 from __future__ import annotations
 
 import jax
+import numpy as np
 
+INIT_TIMEOUT_S = 60
+HEARTBEAT_S = 10
+SHUTDOWN_S = 10
 _STARTED = False
 
 
@@ -27,13 +37,39 @@ def initialize(settings=None) -> bool:
     if not (given or settings.get("auto")):
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    timeouts = dict(initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_S,
+                    shutdown_timeout_seconds=SHUTDOWN_S)
     if given:
         jax.distributed.initialize(settings.coordinator, num_processes=settings.num_processes,
-                                   process_id=settings.process_id)
+                                   process_id=settings.process_id, **timeouts)
     else:
-        jax.distributed.initialize()
+        try:
+            jax.distributed.initialize(**timeouts)
+        except ValueError as e:  # no cluster detected: one process
+            if "coordinator_address should be defined" not in str(e):
+                raise
+            return False
     _STARTED = True
     return jax.process_count() > 1
+
+
+def agree(value: int) -> int:
+    """Process 0's ``value`` (an int), on every process; ``value`` itself with one process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def stop_agreed(step: int) -> bool:
+    """True on every process at the same step once JAX's preemption notifier (a SIGTERM to any
+    process) asked the run to stop; always False with one process (``experiments.signals``)."""
+    if jax.process_count() == 1:
+        return False
+    from jax.experimental import multihost_utils
+
+    return bool(multihost_utils.reached_preemption_sync_point(step))
 
 
 def is_primary() -> bool:

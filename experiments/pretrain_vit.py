@@ -1,8 +1,8 @@
 """Pretrain the small ViT (``experiments.models.vit``) on Fashion-MNIST: the project's image base model.
 
     apt-get install -y dataset-fashion-mnist
-    python -m experiments pretrain-vit                     # -> the cache ($GPART_JAX_CACHE)
-    python -m experiments pretrain-vit --record            #    and experiments/results/vit_fmnist_pretrain.json
+    python -m experiments pretrain-vit             # -> the cache ($GPART_JAX_CACHE)
+    python -m experiments pretrain-vit --record    # and experiments/results/vit_fmnist_pretrain.json
     python -m experiments pretrain-vit --epochs 2 --out /tmp/vit
 
 No pretrained image model ships in any package, so GPart's vision experiments adapt this one.

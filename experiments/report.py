@@ -1,6 +1,7 @@
 """Report of a suite: mean and std over seeds of each method on each task, from the runs' own results.
 
-    python -m experiments.report configs/suites/stage_a.py [--runs-dir runs/suite] [--out experiments/results]
+    python -m experiments report configs/suites/text_methods_default_rates.py [--runs-dir runs/suite] \
+        [--out experiments/results]
 
 Reads the ``results.json`` of every run of the suite (``experiments.suite``; only a workdir whose
 results carry the fingerprint of the run's config counts) and writes
@@ -30,10 +31,11 @@ import re
 import statistics
 import sys
 
-from experiments.config import ROOT, ConfigError, fingerprint
-from experiments.suite import DEFAULT_RUNS_DIR, RESULTS, Run, expand, load_suite, run_status, suite_name
+from experiments import workdir
+from experiments.config import ConfigError, fingerprint
+from experiments.suite import DEFAULT_RUNS_DIR, Run, expand, load_suite, suite_name
 
-OUT = ROOT / "experiments" / "results"
+OUT = pathlib.Path("experiments") / "results"  # relative to the repository root
 # The paper's averages with trainable counts, as summarised in shared/seed/gpart_article.md: GLUE
 # (RoBERTa, 6 tasks) beside the text tasks, the eight vision datasets (ViT) beside the image tasks.
 # Another model and benchmark: context only, not comparable numbers.
@@ -107,7 +109,7 @@ def _run_record(run: Run, last_event: dict | None = None) -> dict:
     not done whose last suite log event is a failure is ``failed``."""
     cfg = run.load()
     doc = cfg.to_dict()
-    status = run_status(run.workdir, fingerprint(cfg))
+    status = workdir.status(run.workdir, fingerprint(cfg))
     if status != "done" and last_event and last_event.get("event") == "failed":
         status = "failed"
     record = {"name": run.name, "config": run.config, "seed": run.seed, "workdir": str(run.workdir),
@@ -123,7 +125,7 @@ def _run_record(run: Run, last_event: dict | None = None) -> dict:
               "status": status, "cut": {k: _get(doc, k) for k in CUT_KEYS},
               "adapter_lr": doc["optim"]["adapter_lr"], "head_lr": doc["optim"]["head_lr"]}
     if status == "done":
-        results = json.loads((run.workdir / RESULTS).read_text())
+        results = workdir.read_json(run.workdir / workdir.RESULTS)
         metric = results["metric"]
         record |= {"test": results["test"][metric], "validation": results["validation"][metric],
                    "best_epoch": results.get("best_epoch"), "steps": results.get("steps"),
@@ -360,7 +362,7 @@ def write_readme(path: pathlib.Path, name: str, body: str) -> None:
     start, end = f"<!-- suite_{name}:start -->", f"<!-- suite_{name}:end -->"
     block = f"## Suite `{name}`\n\n{start}\n{body}\n{end}\n"
     text = path.read_text() if path.exists() else (
-        "# Experiment results\n\nWritten by `python -m experiments.report configs/suites/<suite>.py` from "
+        "# Experiment results\n\nWritten by `python -m experiments report configs/suites/<suite>.py` from "
         "the runs' `results.json`; do not edit the suite blocks by hand.\n\n")
     pattern = re.compile(rf"## Suite `{re.escape(name)}`\n\n{re.escape(start)}\n.*?\n{re.escape(end)}\n",
                          re.S)
@@ -419,7 +421,7 @@ def report(suite_path: str | pathlib.Path, runs_dir: str | pathlib.Path = DEFAUL
     out.mkdir(parents=True, exist_ok=True)
     doc = collect(suite_path, runs_dir)
     name = doc["suite"]
-    (out / f"suite_{name}.json").write_text(json.dumps(doc, indent=1) + "\n")
+    workdir.write_json(out / f"suite_{name}.json", doc)
     write_readme(out / "README.md", name, render(doc))
     png = out / f"suite_{name}.png"
     if not plot(doc, png) and png.exists():
@@ -429,9 +431,9 @@ def report(suite_path: str | pathlib.Path, runs_dir: str | pathlib.Path = DEFAUL
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (module docstring); returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.report",
+    parser = argparse.ArgumentParser(prog="python -m experiments report",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", help="suite file, e.g. configs/suites/stage_a.py")
+    parser.add_argument("suite", help="suite file, e.g. configs/suites/text_methods_default_rates.py")
     parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="parent of the runs' workdirs")
     parser.add_argument("--out", default=str(OUT), help="where the JSON, README.md and chart go")
     args = parser.parse_args(argv)

@@ -13,15 +13,14 @@ accumulation equals one big batch.
 axis ``"data"`` (all the devices of every process); ``method``, ``base`` and ``state`` are
 replicated. On several devices the step runs under ``shard_map``: each device computes the loss
 sums and their gradient on its own rows, then one ``psum`` adds up the gradient of
-``(trainable, saved)``, the loss and the weight. What crosses devices is therefore the trainable size, 4 (d + head) bytes
-for GPart, not the 4 N bytes of the adapted weights' gradient that XLA reduces when the same step
-is written as a plain ``jit`` over a sharded batch (it reduces the weight gradient before the
-grouped sum, because nothing tells it otherwise; ``experiments/analyses/communication.py``
-measures both). On one device the step is the same function under plain ``jit``, without
-``shard_map`` (whose body XLA fuses differently: results would move in the last bits). Several
-processes
-(``jax.distributed``) run the same step: the mesh spans their devices and each process feeds its
-own rows (``put_batch``).
+``(trainable, saved)``, the loss and the weight. What crosses devices is therefore the trainable
+size, 4 (d + head) bytes for GPart, not the 4 N bytes of the adapted weights' gradient that XLA
+reduces when the same step is written as a plain ``jit`` over a sharded batch (it reduces the
+weight gradient before the grouped sum, because nothing tells it otherwise;
+``experiments/analyses/communication.py`` measures both). On one device the step is the same
+function under plain ``jit``, without ``shard_map`` (whose body XLA fuses differently: results
+would move in the last bits). Several processes (``jax.distributed``) run the same step: the
+mesh spans their devices and each process feeds its own rows (``put_batch``).
 """
 
 from __future__ import annotations
@@ -53,24 +52,25 @@ def make_mesh(num_devices: int = 0) -> Mesh:
     return Mesh(np.asarray(devices[:num_devices or len(devices)]), (AXIS,))
 
 
-def shard_map(fn, mesh: Mesh, in_specs, out_specs):
-    """``jax.shard_map`` (``jax.experimental.shard_map`` on older jax), replication unchecked."""
-    if hasattr(jax, "shard_map"):
-        return jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-    from jax.experimental.shard_map import shard_map as legacy
-
-    return legacy(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_rep=False)
-
-
-def gradients(task, trainable, saved, method, base, batch, rng, grad_accum: int):
+def gradients(task, trainable, saved, method, base, batch, rng, grad_accum: int,
+              axis: str | None = None):
     """``(gradient sums, loss sum, weight sum)`` of ``(trainable, saved)`` over the micro-batches
-    of ``batch`` (not yet divided: the caller adds them up across devices first)."""
+    of ``batch`` (not yet divided: the caller adds them up across devices first).
+
+    Inside ``shard_map`` over ``axis``, the pair is first marked as varying over the axis
+    (``lax.pcast``): its gradient is then this device's own. Left replicated ("invariant"), its
+    cotangent would be summed over the devices by the transpose of the implicit broadcast, at
+    the size of every weight built from it (the 4 N bytes this step avoids), and a sum on top
+    would count each device's contribution once per device.
+    """
     def loss(pair, mb, key):
         t, s = pair
         return task.loss_terms(full_params(method, t, base, s), mb, key)
 
     grad_fn = jax.value_and_grad(loss, has_aux=True)
     pair = (trainable, saved)
+    if axis is not None:
+        pair = jax.lax.pcast(pair, axis, to="varying")
 
     def micro(carry, xs):
         mb, i = xs
@@ -101,7 +101,7 @@ def make_train_step(task, optimizer: optax.GradientTransformation, *, mesh: Mesh
         if parallel:
             rng = jax.random.fold_in(rng, jax.lax.axis_index(AXIS))
         sums = gradients(task, state["trainable"], state["saved"], method, base, batch, rng,
-                         grad_accum)
+                         grad_accum, AXIS if parallel else None)
         g_sum, l_sum, w_sum = jax.lax.psum(sums, AXIS) if parallel else sums
         scale = 1.0 / jnp.maximum(w_sum, 1.0)
         grads = jax.tree_util.tree_map(lambda g: g * scale, g_sum)
@@ -113,7 +113,8 @@ def make_train_step(task, optimizer: optax.GradientTransformation, *, mesh: Mesh
 
     if not parallel:  # one device: the plain step (XLA fuses a shard_map body differently)
         return jax.jit(local)
-    mapped = shard_map(local, mesh, in_specs=(P(), P(), P(), P(None, AXIS)), out_specs=(P(), P()))
+    mapped = jax.shard_map(local, mesh=mesh, in_specs=(P(), P(), P(), P(None, AXIS)),
+                           out_specs=(P(), P()))
     return jax.jit(mapped)
 
 
@@ -127,9 +128,11 @@ def replicate(tree, mesh: Mesh):
     sharding = NamedSharding(mesh, P())
     if jax.process_count() == 1:
         return jax.device_put(tree, sharding)
-    return jax.tree_util.tree_map(
-        lambda x: jax.make_array_from_callback(np.shape(x), sharding,
-                                               lambda idx, x=np.asarray(x): x[idx]), tree)
+    def put(x):
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+    return jax.tree_util.tree_map(put, tree)
 
 
 def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...],

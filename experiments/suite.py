@@ -1,27 +1,27 @@
-"""Run a suite of (config, seed) runs until all are done: one runner for issue 7's experiments.
+"""Run a suite of runs until all are done.
 
-    python -m experiments.suite configs/suites/stage_a.py --dry-run          # done / partial / pending
-    python -m experiments.suite configs/suites/stage_a.py                    # run what is left
-    python -m experiments.suite configs/suites/stage_a.py --only 'minilm_rt_*_s0'
+    python -m experiments suite configs/suites/text_methods_default_rates.py --dry-run
+    python -m experiments suite configs/suites/text_methods_default_rates.py
+    python -m experiments suite configs/suites/text_methods_default_rates.py --only 'minilm_rt_*_s0'
 
-A suite file is a Python file with ``get_suite()`` returning a list of ``(config_path, overrides)``
-entries (config paths relative to the repository root; overrides as on the command line, e.g.
-``["--config.seed=1"]``). Each run's workdir is ``<runs-dir>/<config stem>_s<seed>`` (default
-``runs/suite``), set with ``--config.workdir`` and ``--config.seed`` overrides, so a run here is
-the same as ``gpart-jax train --config FILE --config.seed=S --config.workdir=runs/suite/...``.
-Other overrides (a learning-rate sweep: ``--config.optim.adapter_lr=0.01``) name their own
-workdir, ``<config stem>_adapter_lr=0.01_s<seed>``: the last component of each key and its value.
+A suite file is a Python file with ``get_suite()`` returning a list of ``(config, overrides)``
+entries: ``config`` as for ``--config`` (``configs/minilm.py:task=rt,method=lora``), overrides as
+on the command line (``["--config.seed=1"]``); ``entry(config, seed, {"optim.adapter_lr": 2e-2})``
+builds one. Each run's workdir is ``<runs-dir>/<run name>`` (default ``runs/suite``), the run
+name being the config's ``name`` (``minilm_rt_lora``), its other overrides as ``_<last key
+component>=<value>`` (a learning-rate sweep: ``minilm_rt_lora_adapter_lr=0.001``) and
+``_s<seed>``; so a run here is the same as ``python -m experiments train --config ...
+--config.seed=S --config.workdir=runs/suite/<name>``.
 
-Bookkeeping is the trainer's own (``experiments/train.py``): a workdir with ``results.json`` of
-the run's config is **done** and skipped; one with only ``run.json`` is **partial** and resumes
-from its last checkpoint; an empty or missing one is **pending**. A workdir of another config is
-a **conflict** (never touched; the trainer refuses it). The suite can be started again and again
+Bookkeeping is the workdir's own (``experiments.workdir``): a **done** run is skipped, a
+**partial** one resumes from its last checkpoint, a **pending** one starts, a **conflict** (another
+config's run, or foreign files) is never touched. The suite can be started again and again
 (after a kill, a reboot or a failure) until every run is done. A run that raises is logged and
 the others go on; every start, finish, skip and failure is one JSON line in
-``<runs-dir>/<suite name>.jsonl``. Ctrl-C or SIGTERM stops the suite (the interrupted run resumes next
-time). The exit code is 0 when every selected run is done, 1 when some failed or are left, 2 for
-a bad suite file. Results are each run's ``results.json``; ``python -m experiments.report``
-collects them.
+``<runs-dir>/<suite name>.jsonl``. Ctrl-C or SIGTERM stops the suite after the run's current
+step (that run resumes next time). The exit code is 0 when every selected run is done, 1 when
+some failed or are left, 2 for a bad suite file. Results are each run's ``results.json``;
+``python -m experiments report`` collects them.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ import argparse
 import dataclasses
 import datetime
 import fnmatch
-import json
 import pathlib
 import sys
 import time
@@ -39,48 +38,60 @@ from collections.abc import Callable
 
 import ml_collections
 
-from experiments.config import ROOT, ConfigError, exec_python_file, fingerprint, load_config
-from experiments.signals import sigterm_as_interrupt
+from experiments import workdir
+from experiments.config import ConfigError, fingerprint, load_config
+from experiments.signals import NEVER, StopRequest, stop_requests
 
 DEFAULT_RUNS_DIR = pathlib.Path("runs") / "suite"
-# File names of a trainer workdir (experiments.train.RESULTS / RUN; repeated here so that the
-# dry run and the report do not import jax).
-RESULTS = "results.json"
-RUN = "run.json"
-STATUSES = ("done", "partial", "pending", "conflict", "invalid")  # invalid: the config does not load
+STATUSES = (*workdir.STATUSES, "invalid")  # invalid: the config does not load
 
-TrainFn = Callable[[ml_collections.ConfigDict], dict]
+TrainFn = Callable[[ml_collections.ConfigDict, StopRequest], dict]
 
 
 @dataclasses.dataclass(frozen=True)
 class Run:
     """One entry of a suite: a config file, its overrides and the workdir they train in."""
 
-    config: str  # path as written in the suite file (relative to the repository root)
+    config: str  # as --config takes it: path[:argument]
     overrides: tuple[str, ...]  # the suite's overrides plus --config.seed and --config.workdir
     seed: int
-    name: str  # <config stem>_s<seed>
+    name: str  # <config name><override tags>_s<seed>
     workdir: pathlib.Path
 
     def load(self) -> ml_collections.ConfigDict:
         """The run's config (the file with every override applied)."""
-        return load_config(_resolve(self.config), list(self.overrides))
+        return load_config(self.config, list(self.overrides))
 
 
-def _resolve(config: str) -> pathlib.Path:
-    path = pathlib.Path(config)
-    return path if path.is_absolute() or path.exists() else ROOT / path
+def entry(config: str, seed: int, overrides: dict | None = None) -> tuple[str, list[str]]:
+    """A suite entry: ``config`` with ``overrides`` (``{"optim.adapter_lr": 2e-2}``, in order;
+    floats written as ``%g``) and ``seed``."""
+    items = [f"--config.{k}={v:g}" if isinstance(v, float) else f"--config.{k}={v}"
+             for k, v in (overrides or {}).items()]
+    return config, [*items, f"--config.seed={seed}"]
 
 
 def suite_name(suite_path: str | pathlib.Path) -> str:
-    """The suite's name: its file's stem (``configs/suites/stage_a.py`` -> ``stage_a``)."""
+    """The suite's name: its file's stem (``configs/suites/lr_sweep_text.py`` -> ``lr_sweep_text``)."""
     return pathlib.Path(suite_path).stem
 
 
 def load_suite(suite_path: str | pathlib.Path) -> list[tuple[str, list[str]]]:
-    """The ``(config_path, overrides)`` entries of a suite file's ``get_suite()``."""
+    """The ``(config, overrides)`` entries of a suite file's ``get_suite()``."""
+    import importlib.util
+
     path = pathlib.Path(suite_path)
-    module = exec_python_file(path, "suite", "get_suite", ROOT / "configs" / "suites")
+    if not path.is_file():
+        raise ConfigError(f"suite file {path} not found (suites live in configs/suites/; run from the "
+                          f"repository root)")
+    spec = importlib.util.spec_from_file_location(f"gpart_suite_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    try:
+        spec.loader.exec_module(module)
+    except Exception as e:
+        raise ConfigError(f"suite file {path} could not be loaded: {type(e).__name__}: {e}") from None
+    if not hasattr(module, "get_suite"):
+        raise ConfigError(f"suite file {path} has no get_suite() function")
     entries = []
     for entry in module.get_suite():
         if isinstance(entry, (str, pathlib.Path)):
@@ -107,14 +118,15 @@ def _tag(overrides: list[str]) -> str:
 def expand(entries: list[tuple[str, list[str]]],
            runs_dir: str | pathlib.Path = DEFAULT_RUNS_DIR) -> list[Run]:
     """``Run``s of suite entries: each gets ``--config.seed`` (from its overrides, else the config's
-    default) and ``--config.workdir=<runs_dir>/<config stem>_s<seed>``. Raises ``ConfigError`` for a
-    bad entry or two entries with one workdir (they would share, and refuse, one directory)."""
+    default) and ``--config.workdir=<runs_dir>/<run name>``. Raises ``ConfigError`` for a bad entry
+    or two entries with one workdir (they would share, and refuse, one directory)."""
     runs, seen = [], {}
     for config, overrides in entries:
         own = [o for o in overrides if not o.startswith(("--config.workdir=", "--config.seed="))]
         seeds = [o.split("=", 1)[1] for o in overrides if o.startswith("--config.seed=")]
-        seed = int(seeds[-1]) if seeds else int(load_config(_resolve(config), own).seed)
-        name = f"{pathlib.Path(config).stem}{_tag(own)}_s{seed}"
+        cfg = load_config(config, own)
+        seed = int(seeds[-1]) if seeds else int(cfg.seed)
+        name = f"{cfg.name}{_tag(own)}_s{seed}"
         workdir = pathlib.Path(runs_dir) / name
         if name in seen:
             raise ConfigError(f"suite entries {seen[name]} and {(config, overrides)} both train in "
@@ -132,58 +144,32 @@ def select(runs: list[Run], only: str | None) -> list[Run]:
     return [r for r in runs if fnmatch.fnmatch(r.name, only) or only in r.name]
 
 
-def _read_json(path: pathlib.Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def run_status(workdir: pathlib.Path, fp: str) -> str:
-    """``done``, ``partial``, ``pending`` or ``conflict`` of a run of fingerprint ``fp`` (read only;
-    the same rules as ``experiments.train.workdir_status``)."""
-    workdir = pathlib.Path(workdir)
-    if workdir.exists() and not workdir.is_dir():
-        return "conflict"
-    if not workdir.exists() or not any(workdir.iterdir()):
-        return "pending"
-    for name in (RESULTS, RUN):
-        record = _read_json(workdir / name)
-        if record is not None and record.get("fingerprint") != fp:
-            return "conflict"
-    if _read_json(workdir / RESULTS) is not None:
-        return "done"
-    if (workdir / RUN).exists():
-        return "partial"
-    return "conflict"
-
-
 def status(run: Run) -> str:
-    """The run's status (``run_status`` of its workdir and config)."""
-    return run_status(run.workdir, fingerprint(run.load()))
+    """The run's status (``experiments.workdir.status`` of its workdir and config)."""
+    return workdir.status(run.workdir, fingerprint(run.load()))
 
 
 def _log(path: pathlib.Path, record: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
-    with path.open("a") as f:
-        f.write(json.dumps({"time": stamp, **record}, default=str) + "\n")
+    workdir.append_jsonl(path, {"time": stamp, **record})
 
 
-def _default_train(cfg: ml_collections.ConfigDict) -> dict:
-    from experiments.train import train  # jax is imported only when something trains
+def _default_train(cfg: ml_collections.ConfigDict, stop: StopRequest = NEVER) -> dict:
+    from experiments.train import train  # the trainer's packages are loaded when something trains
 
-    return train(cfg)
+    return train(cfg, stop=stop)
 
 
 def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = DEFAULT_RUNS_DIR,
               only: str | None = None, dry_run: bool = False, train_fn: TrainFn | None = None,
-              out=None) -> list[dict]:
+              out=None, stop: StopRequest = NEVER) -> list[dict]:
     """Run (or with ``dry_run`` list) the suite's runs that are not done; returns one record per
     selected run: ``name``, ``config``, ``seed``, ``workdir``, ``status`` before and ``outcome``
     (``skipped``, ``finished``, ``failed`` or, in a dry run, ``None``) with ``error`` when failed.
 
-    ``train_fn(cfg) -> results`` defaults to ``experiments.train.train`` (tests pass a fake).
+    ``train_fn(cfg, stop) -> results`` defaults to ``experiments.train.train`` (tests pass a fake);
+    ``stop`` is checked between runs and passed to the trainer.
     Exceptions of a run are caught, logged and recorded; ``KeyboardInterrupt`` is logged and raised.
     Progress lines go to ``out`` (default ``sys.stdout``).
     """
@@ -194,11 +180,12 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
     train_fn = train_fn or _default_train
     records = []
     for i, run in enumerate(runs, 1):
+        stop.check()
         record = {"suite": name, "run": run.name, "config": run.config, "seed": run.seed,
                   "workdir": str(run.workdir)}
         try:
             cfg = run.load()
-            before = run_status(run.workdir, fingerprint(cfg))
+            before = workdir.status(run.workdir, fingerprint(cfg))
         except ConfigError as e:
             cfg, before = None, "invalid"
             record["error"] = f"ConfigError: {e}"
@@ -214,8 +201,7 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
             records.append(record | {"outcome": "skipped"})
             continue
         if before in ("conflict", "invalid"):  # the trainer would refuse it; nothing is touched
-            record.setdefault("error", f"{run.workdir} holds another config's run (or files that are not "
-                                       f"a run); move it away to train this run there")
+            record.setdefault("error", workdir.explain_conflict(run.workdir, fingerprint(cfg)))
             print(f"{head}, failed: {record['error']}", file=out)
             _log(log_path, record | {"event": "failed"})
             records.append(record | {"outcome": "failed"})
@@ -224,7 +210,7 @@ def run_suite(suite_path: str | pathlib.Path, *, runs_dir: str | pathlib.Path = 
         _log(log_path, record | {"event": "started"})
         t0 = time.perf_counter()
         try:
-            results = train_fn(cfg)
+            results = train_fn(cfg, stop)
         except KeyboardInterrupt:
             _log(log_path, record | {"event": "interrupted", "elapsed_s": round(time.perf_counter() - t0, 2)})
             raise
@@ -255,16 +241,17 @@ def summary(records: list[dict]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The command line (module docstring); returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m experiments.suite", description=__doc__.split("\n\n")[0])
-    parser.add_argument("suite", help="suite file, e.g. configs/suites/stage_a.py")
+    parser = argparse.ArgumentParser(prog="python -m experiments suite", description=__doc__.split("\n\n")[0])
+    parser.add_argument("suite", help="suite file, e.g. configs/suites/text_methods_default_rates.py")
     parser.add_argument("--dry-run", action="store_true",
                         help="list done / partial / pending runs, train nothing")
     parser.add_argument("--only", default=None, help="runs whose name matches this glob or substring")
     parser.add_argument("--runs-dir", default=str(DEFAULT_RUNS_DIR), help="parent of the runs' workdirs")
     args = parser.parse_args(argv)
     try:
-        with sigterm_as_interrupt():  # kill / preemption: the run in progress keeps its last step
-            records = run_suite(args.suite, runs_dir=args.runs_dir, only=args.only, dry_run=args.dry_run)
+        with stop_requests() as stop:  # kill / preemption: the run in progress keeps its last step
+            records = run_suite(args.suite, runs_dir=args.runs_dir, only=args.only,
+                                dry_run=args.dry_run, stop=stop)
     except ConfigError as e:
         print(f"suite: {e}", file=sys.stderr)
         return 2

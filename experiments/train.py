@@ -52,7 +52,7 @@ import gpart_jax as gj
 from experiments import metrics, workdir
 from experiments.checkpoints import CheckpointConfigError, CheckpointCorruptError, RunCheckpointer
 from experiments.config import fingerprint
-from experiments.distributed import initialize, is_primary
+from experiments.distributed import agree, initialize, is_primary, stop_agreed
 from experiments.progress import ProgressBar
 from experiments.signals import NEVER, StopRequest
 from experiments.step import make_eval_step, make_mesh, make_train_step, put_batch, replicate
@@ -212,7 +212,7 @@ def train(cfg: ml_collections.ConfigDict, *, task: Task | None = None,
         check_method(cfg)  # every value checked before any weight is read or any file written
     fp = fingerprint(cfg)
     path = pathlib.Path(cfg.workdir)
-    status = workdir.status(path, fp)
+    status = workdir.STATUSES[agree(workdir.STATUSES.index(workdir.status(path, fp)))]
     if status == "conflict":
         raise WorkdirError(workdir.explain_conflict(path, fp))
     if status == "done":
@@ -222,11 +222,21 @@ def train(cfg: ml_collections.ConfigDict, *, task: Task | None = None,
             print("\n".join(summary_lines(results)))
         return results | {"skipped": True}
     primary = is_primary()
-    if primary:
+    lock = workdir.lock(path)
+    error = None
+    if primary:  # the run's lock belongs to the run: its primary process holds it
         path.mkdir(parents=True, exist_ok=True)
-        with workdir.lock(path):
-            return _train(cfg, task, fp, path, status, primary, callback, verbose, stop)
-    return _train(cfg, task, fp, path, status, primary, callback, verbose, stop)
+        try:
+            lock.acquire()
+        except WorkdirError as e:
+            error = e
+    if agree(error is None) != 1:  # every process learns whether the run may go on
+        raise error or WorkdirError(f"run {path} is being trained by another run (its primary "
+                                    f"process could not take the lock)")
+    try:
+        return _train(cfg, task, fp, path, status, primary, callback, verbose, stop)
+    finally:
+        lock.release()
 
 
 def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dict:
@@ -283,6 +293,8 @@ def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dic
     try:
         for step in range(start + 1, total + 1):
             stop.check()
+            if stop_agreed(step):
+                raise KeyboardInterrupt("a preemption (SIGTERM) reached every process")
             position, batch = next(stream)
             t0 = time.perf_counter()
             state, out = runner.train_step(state, batch)
@@ -391,7 +403,8 @@ def _best_adapter(run: _Run, abstract, best: dict):
 
 def _same(a, b) -> bool:
     la, lb = jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)
-    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(la, lb))
+    return len(la) == len(lb) and all(np.array_equal(np.asarray(x), np.asarray(y))
+                                      for x, y in zip(la, lb, strict=True))
 
 
 def _finish(run: _Run, abstract, info: dict, counts: dict, total: int, per_epoch: int, wall: float,

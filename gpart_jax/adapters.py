@@ -9,15 +9,20 @@ file (checked against ``base_params`` when given). The directory holds:
   fingerprint; for the baselines their options and adapted leaves), the shape, dtype and sha256
   of every stored array, the name of the tensors directory, the base dtypes, ``extra`` fields,
   and a sha256 of the manifest itself.
-* ``tensors-<id>/``: the arrays, in orbax's format.
+* ``tensors-<id>.safetensors``: the arrays (``trainable/<i>``, ``saved/<i>``).
 * ``.lock``: the writers' lock.
 
-**The write path.** A save writes a new ``tensors-<id>/`` next to the old one, reads it back and
-checks every sha256, then replaces ``adapter.json`` atomically (``gpart_jax.files``), and only
-then removes the old tensors. A kill at any moment leaves the old adapter or the new one; a full
-disk leaves the old one. A second process saving the same directory gets ``AdapterLockedError``
-naming the holder. A directory that is not an adapter is never written into, ``overwrite`` or
-not. Non-finite arrays are refused at save and at load.
+**The write path.** A save writes a new ``tensors-<id>.safetensors`` next to the old one, flushes
+it, reads it back and checks every sha256, then replaces ``adapter.json`` atomically
+(``gpart_jax.files``), and only then removes the old tensors. A kill at any moment leaves the
+old adapter or the new one; a full disk leaves the old one. A second process saving the same
+directory gets ``AdapterLockedError`` naming the holder. A directory that is not an adapter is
+never written into, ``overwrite`` or not. Non-finite arrays are refused at save and at load.
+
+Saving and loading are local file operations with no collective, so in a program of several
+JAX processes call them on one process (the others can load what it wrote). A trainable
+pytree checkpoints with orbax like any other pytree of arrays; an adapter file is the small,
+verified artifact to keep and share.
 """
 
 from __future__ import annotations
@@ -52,9 +57,8 @@ FORMAT = "gpart-jax-adapter"
 FORMAT_VERSION = 2
 MANIFEST = "adapter.json"
 LOCK = ".lock"
-# what a save writes; ``tensors-<id>.orbax-checkpoint-tmp-<time>`` is orbax's own temporary
-# directory, left behind when a save is killed while orbax writes
-_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}(\..*orbax-checkpoint-tmp.*)?|\..*\.tmp)$")
+# what a save writes (a killed save may leave a tensors file that no manifest names yet)
+_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}\.safetensors|\..*\.tmp)$")
 
 
 class Adapter(NamedTuple):
@@ -172,40 +176,46 @@ def read_manifest(directory) -> dict:
     return manifest
 
 
-def _write_tensors(target: pathlib.Path, arrays: dict) -> None:
-    import orbax.checkpoint as ocp
+def _write_tensors(target: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
+    """Write ``arrays`` to the new file ``target`` (safetensors) and flush it to disk."""
+    from safetensors.numpy import save_file
 
-    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
-        ckpt.save(target, ocp.args.StandardSave(arrays))
+    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(target),
+              metadata={"format": FORMAT})
+    with open(target, "rb+") as f:
+        os.fsync(f.fileno())
+    files.fsync_dir(target.parent)
 
 
-def _read_tensors(source: pathlib.Path, abstract: dict) -> dict:
-    import orbax.checkpoint as ocp
+def _read_tensors(source: pathlib.Path) -> dict[str, np.ndarray]:
+    from safetensors import safe_open
 
     try:
-        with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckpt:
-            return ckpt.restore(source, ocp.args.StandardRestore(abstract))
-    except Exception as e:  # orbax/tensorstore raise many types for damaged files
+        with safe_open(str(source), framework="np") as f:
+            return {k: f.get_tensor(k) for k in f.keys()}
+    except FileNotFoundError:
+        raise AdapterCorruptError(f"adapter {source.parent}: its tensors file {source.name} is "
+                                  f"missing (the adapter is incomplete)") from None
+    except PermissionError as e:
+        raise AdapterError(f"cannot read {source}: permission denied ({e.strerror}); fix the "
+                           f"permissions") from None
+    except Exception as e:  # safetensors raises its own error type for a damaged header
         raise AdapterCorruptError(f"cannot read the arrays of adapter {source.parent}: "
-                                  f"{type(e).__name__}: {str(e)[:200]}; the files are truncated or "
+                                  f"{type(e).__name__}: {str(e)[:200]}; the file is truncated or "
                                   f"damaged") from None
-
-
-def _abstract(entries: list[dict], prefix: str) -> dict:
-    return {f"{prefix}{i}": jax.ShapeDtypeStruct(tuple(e["shape"]), np.dtype(e["dtype"]))
-            for i, e in enumerate(entries)}
 
 
 def _verified(manifest: dict, directory: pathlib.Path) -> tuple[list, list]:
     """The stored arrays, each checked against its recorded shape, dtype and sha256."""
-    abstract = {"trainable": _abstract(manifest["trainable"], "t"),
-                "saved": _abstract(manifest["saved"], "s")}
-    tensors = _read_tensors(directory / manifest["tensors"], abstract)
+    tensors = _read_tensors(directory / manifest["tensors"])
     out = []
-    for group, key in (("trainable", "t"), ("saved", "s")):
+    for group in ("trainable", "saved"):
         arrays = []
         for i, entry in enumerate(manifest[group]):
-            x = np.asarray(tensors[group][f"{key}{i}"])
+            if f"{group}/{i}" not in tensors:
+                raise AdapterCorruptError(f"adapter {directory}: {group} array {entry['path']!r} is "
+                                          f"missing from {manifest['tensors']}")
+            x = np.asarray(tensors[f"{group}/{i}"])
             if (list(x.shape) != entry["shape"] or str(x.dtype) != entry["dtype"]
                     or _sha256(x) != entry["sha256"]):
                 raise AdapterCorruptError(f"adapter {directory}: {group} array {entry['path']!r} does "
@@ -261,7 +271,7 @@ def save_adapter(directory, method: Method, trainable, *, saved: Mapping[str, An
         _refuse_foreign(directory, overwrite)
     manifest: dict[str, Any] = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "package_version": _package_version(),
-        "method": method.spec(), "tensors": f"tensors-{uuid.uuid4().hex}",
+        "method": method.spec(), "tensors": f"tensors-{uuid.uuid4().hex}.safetensors",
         "trainable": _describe(trainable_arrays), "saved": _describe(saved_arrays),
         "extra": extra_json,
     }
@@ -303,16 +313,15 @@ def _publish(directory: pathlib.Path, manifest: dict, trainable_arrays, saved_ar
     """Under the lock: new tensors, verified, then the manifest, then the old tensors go."""
     _refuse_foreign(directory, overwrite)  # again, now that no other writer can change it
     target = directory / manifest["tensors"]
-    arrays = {"trainable": {f"t{i}": x for i, (_, x) in enumerate(trainable_arrays)},
-              "saved": {f"s{i}": x for i, (_, x) in enumerate(saved_arrays)}}
+    arrays = {f"trainable/{i}": x for i, (_, x) in enumerate(trainable_arrays)}
+    arrays |= {f"saved/{i}": x for i, (_, x) in enumerate(saved_arrays)}
     try:
         _write_tensors(target, arrays)
         _verified(manifest, directory)  # read back: what was written is what was given
         files.fsync_tree(target)  # on disk before the manifest names it
         files.write_atomic(directory / MANIFEST, json.dumps(manifest, indent=1) + "\n")
     except BaseException as e:
-        for partial in (target, *directory.glob(f"{target.name}.*")):  # orbax's temporary too
-            shutil.rmtree(partial, ignore_errors=True)
+        _remove(target)
         if files.disk_full(e):
             raise AdapterError(f"the disk is full: adapter {directory} was not written (the previous "
                                f"one, if any, is intact); free some space and save again") from None
@@ -323,11 +332,16 @@ def _publish(directory: pathlib.Path, manifest: dict, trainable_arrays, saved_ar
     for entry in directory.iterdir():  # the old tensors and any leftovers of killed saves
         if entry.name.startswith("tensors-") and entry.name != manifest["tensors"] or (
                 entry.name.endswith(".tmp") and entry.name.startswith(".")):
-            if entry.is_dir():
-                shutil.rmtree(entry, ignore_errors=True)
-            else:
-                with contextlib.suppress(OSError):
-                    entry.unlink()
+            _remove(entry)
+
+
+def _remove(path: pathlib.Path) -> None:
+    """Delete a file or directory this module wrote, if it is there."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        with contextlib.suppress(OSError):
+            path.unlink()
 
 
 def load_adapter(directory, *, base_params=None, method: Method | None = None) -> Adapter:

@@ -293,9 +293,9 @@ def test_reparam_fn_seed_rules():
     got, expected = jax.jit(lambda t, p: (f(t, 5, p), stateless.apply(t, p)))(theta, params)
     assert_trees_equal(got, expected)
     with pytest.raises(ValueError, match="depend on the seed"):
-        jax.eval_shape(f, theta, 6, params)
+        f(theta, 6, params)  # refused before anything is computed
     with pytest.raises(TypeError, match="seed must be a concrete Python integer"):
-        jax.eval_shape(jax.jit(f), theta, 5, params)  # a traced seed
+        jax.jit(f)(theta, 5, params)  # a traced seed: refused while tracing
     balanced = make(("balanced", "global", False, "native", False), params=params)
     other = gj.GPart.create(params, d=balanced.d, seed=99, scheme="balanced", targets=TARGETS)
     # The function is a pytree (a Partial holding the GPart): an argument of jit like any other.

@@ -174,8 +174,8 @@ def test_layout_entry_json_round_trip():
 def test_check_params_names_what_differs():
     entries = layout.build(bert_like(2), QV)
     flat, _ = gj.paths.leaves_with_paths(bert_like(1))
-    with pytest.raises(gj.LayoutMismatchError, match=r"does not match the test layout: "
-                                                     r"params/encoder/layer_1/attention/query/kernel: missing"):
+    missing = r"does not match the test layout: params/encoder/layer_1/attention/query/kernel: missing"
+    with pytest.raises(gj.LayoutMismatchError, match=missing):
         layout.check_params(entries, flat, "the test layout")
     wider = bert_like(2)
     wider["params"]["encoder"]["layer_0"]["attention"]["query"]["kernel"] = jnp.ones((7, 8))
