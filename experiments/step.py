@@ -25,6 +25,8 @@ mesh spans their devices and each process feeds its own rows (``put_batch``).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -152,3 +154,36 @@ def put_batch(batch: dict[str, np.ndarray], mesh: Mesh, keys: tuple[str, ...],
         return jax.device_put(arrays, sharding)
     return {k: jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
             for k, v in arrays.items()}
+
+
+_COLLECTIVES = ("all-reduce", "all-gather", "reduce-scatter", "all-to-all", "collective-permute")
+_SHAPE = re.compile(r"\b([a-z]+[0-9]*)\[([0-9,]*)\]")
+
+
+def collective_bytes(hlo_text: str) -> list[dict]:
+    """The collectives of a compiled HLO module (``compiled.as_text()``): one dict per op with its
+    ``op`` (all-reduce, all-gather, ...), ``shapes`` and ``bytes`` (of its results)."""
+    out = []
+    for line in hlo_text.splitlines():
+        if "=" not in line:
+            continue
+        lhs, _, rhs = line.partition("=")
+        rhs = rhs.strip()
+        for op in _COLLECTIVES:
+            m = re.match(rf"(.*?)\s({op})(-start)?\(", rhs)
+            if m is None:
+                continue
+            shapes = _SHAPE.findall(m.group(1))
+            size = sum(math.prod(int(x) for x in dims.split(",") if x) * _itemsize(dtype)
+                       for dtype, dims in shapes)
+            out.append({"op": op, "shapes": [f"{d}[{s}]" for d, s in shapes], "bytes": size})
+            break
+    return out
+
+
+def _itemsize(dtype: str) -> int:
+    """Bytes of an HLO element type (``f32``, ``bf16``, ``s32``, ``u8``, ``pred``, ...)."""
+    if dtype == "pred":
+        return 1
+    bits = re.search(r"\d+", dtype)
+    return int(bits.group()) // 8 if bits else 4

@@ -240,7 +240,7 @@ def train(cfg: ml_collections.ConfigDict, *, task: Task | None = None,
 
 
 def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dict:
-    session_start = time.perf_counter()  # wall time is summed over the processes of a run
+    process_start = time.perf_counter()  # wall time is summed over the processes of a run
     task = build_task(cfg) if task is None else task
     stop.check()
     runner = Runner(task, cfg)
@@ -277,13 +277,13 @@ def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dic
             f"process(es); {where} in {path}")
 
     def checkpoint(step: int, state: dict, new_info: dict, best_order: int | None = None) -> None:
-        nonlocal session_start
+        nonlocal process_start
         now = time.perf_counter()
-        new_info = new_info | {"wall_time_s": new_info["wall_time_s"] + now - session_start,
+        new_info = new_info | {"wall_time_s": new_info["wall_time_s"] + now - process_start,
                                "step": step}
         run.ckpt.save(step, jax.device_get(state), info=new_info,
                       metrics=None if best_order is None else {"best_order": best_order})
-        session_start = now
+        process_start = now
         info.clear()
         info.update(new_info)
 
@@ -340,7 +340,7 @@ def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dic
     bar.close()
     try:
         results = _finish(run, abstract, info, counts, total, per_epoch,
-                          time.perf_counter() - session_start, stop)
+                          time.perf_counter() - process_start, stop)
     finally:
         run.ckpt.close()
     if verbose and primary:

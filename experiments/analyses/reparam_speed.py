@@ -60,10 +60,9 @@ def bench(n_total: int, repeats: int) -> dict:
     params, cotangent = make_inputs(n_leaves)
     theta = jax.random.normal(jax.random.key(1), (D,), jnp.float32)
     plans = {
-        "stateless": gj.GPart.create(params, d=D, targets=("kernel",), warn_empty=False),
+        "stateless": gj.GPart.create(params, d=D, targets=("kernel",)),
         "balanced": gj.GPart.create(params, d=D, targets=("kernel",), scheme="balanced"),
-        "materialized": gj.GPart.create(params, d=D, targets=("kernel",), materialize=True,
-                                        warn_empty=False),
+        "materialized": gj.GPart.create(params, d=D, targets=("kernel",), materialize=True),
     }
     calls = {name: (lambda gp=gp: fwd_bwd(gp, theta, params, cotangent))
              for name, gp in plans.items()}

@@ -12,9 +12,10 @@ with the leaf renamed by the kind of module: ``Linear`` weight -> ``kernel`` (tr
 their name. A prefix the checkpoint carries (``bert.`` in ``BertForSequenceClassification``,
 ``model.`` in ``LlamaForCausalLM``) stays a prefix of the path (``bert/``, ``model/``).
 
-``BERT`` and ``LLAMA`` are ``NameMap`` objects with ``hf_to_flax`` / ``flax_to_hf``,
-``module_order`` (the reference's ``named_modules()`` order of modules with parameters) and
-``reference_order`` (sort flax paths into that order, for ``GPart.create(order=...)``).
+``BERT`` and ``LLAMA`` are ``NameMap`` objects with ``hf_to_flax`` / ``flax_to_hf`` and
+``reference_order`` (sort flax paths into the reference's ``named_modules()`` order, whose one
+source is the library's ``gpart_jax.interop.architectures``, for
+``gpart_jax.layout.build(params, targets, order=...)``).
 ``LLAMA`` also maps GGUF tensor names (``gguf_to_hf``, ``hf_to_gguf``, ``gguf_to_flax``), and
 ``gguf_qk_permutation`` relates the rotary row layouts of the query/key weights.
 """
@@ -135,26 +136,11 @@ class NameMap:
 
     # ------------------------------------------------------------------ order
 
-    def module_order(self, num_layers: int, *, prefix: bool = False,
-                     heads: bool = False) -> list[tuple[str, str]]:
-        """``(hf_module, kind)`` of every module with parameters, in ``named_modules()`` order.
-
-        ``prefix`` puts the base prefix in front (names of the task model); ``heads`` appends
-        the task heads (``classifier`` / ``lm_head``).
-        """
-        body = list(self.stem)
-        for i in range(num_layers):
-            body += [(f"{self.layers}.{i}.{name}", kind) for name, kind in self.layer]
-        body += list(self.tail)
-        if prefix:
-            body = [(f"{self.base_prefix}.{m}", k) for m, k in body]
-        return body + (list(self.heads) if heads else [])
-
     def reference_order(self, paths: Iterable[str]) -> list[str]:
         """Sort flax paths into the reference's order: its ``named_modules()`` order of their
         modules, then the HF order of the leaves inside a module (weight, then bias).
 
-        Use as ``GPart.create(params, order=NAMES.reference_order(targeted_paths))`` to reproduce
+        Use as ``layout.build(params, targets, order=NAMES.reference_order(paths))`` to reproduce
         the reference's global positions when natural order differs (e.g. ``"all-linear"``).
         Paths may carry ``params/`` in front; the result keeps each path as given.
         """

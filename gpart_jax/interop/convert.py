@@ -25,6 +25,7 @@ import numpy as np
 from gpart_jax.adapters import load_adapter, save_adapter
 from gpart_jax.core import GPart
 from gpart_jax.errors import InteropError
+from gpart_jax.interop.architectures import detect_architecture
 from gpart_jax.interop.config import REFERENCE_PEFT_VERSION, GPartConfig, ModuleOrder, NameMap
 from gpart_jax.interop.flax import check_reference_layout, invert_name_map, torch_shape
 from gpart_jax.interop.plan import check_recorded, plan_modules, saved_for_base
@@ -118,6 +119,10 @@ def export_adapter(out_dir: str | os.PathLike, gpart: GPart, theta, name_map: Na
         partition_scope=gpart.scope, fan_in_fan_out=fan_in_fan_out,
         modules_to_save=tuple(to_save) or None, init_bound=float(init_bound), extra=extra,
         source="export_adapter")
+    if module_order == "auto":  # detect from every name the model has, as plan_flax does, not
+        # only from the adapted ones (which may lack the architecture's signature module)
+        arch = detect_architecture(n[:-len(".weight")] for n in name_map if n.endswith(".weight"))
+        module_order = arch.name if arch is not None else module_order
     ref = plan_modules(config, shapes, module_order=module_order)
     check_reference_layout(gpart, ref, name_map, fix=(
         "Build the GPart with plan_flax(config, params, name_map).create_gpart(params) so that it "
