@@ -29,20 +29,19 @@ import json
 import pathlib
 import sys
 
-from experiments.config import DEFAULT_CONFIG, ConfigError, fingerprint, load_config
-
 USAGE = __doc__.split("\n\n")[1]
 CONFIG_COMMANDS = ("train", "eval", "merge", "params")
 COMMANDS = (*CONFIG_COMMANDS, "pretrain-vit", "suite", "report")
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line and exit code 2, as every other bad input
-        raise ConfigError(f"{message} (see python -m experiments --help)")
-
-
 def parse(argv: list[str]) -> tuple[str, argparse.Namespace, list[str]]:
     """``(command, options, overrides)``; overrides are the ``--config.KEY=VALUE`` items."""
+    from experiments.config import DEFAULT_CONFIG, ConfigError
+
+    class _Parser(argparse.ArgumentParser):
+        def error(self, message):  # one line and exit code 2, as every other bad input
+            raise ConfigError(f"{message} (see python -m experiments --help)")
+
     command, rest = argv[0], argv[1:]
     overrides = [a for a in rest if a.startswith("--config.")]
     others = [a for a in rest if not a.startswith("--config.")]
@@ -64,6 +63,7 @@ def _errors() -> tuple[type[BaseException], ...]:
     """Exceptions that are bad input (printed as one line), not bugs (which keep their traceback)."""
     import gpart_jax as gj
     from experiments.checkpoints import CheckpointConfigError, CheckpointCorruptError
+    from experiments.config import ConfigError
     from experiments.data.order import OrderError
     from experiments.data.sources import DataUnavailableError
     from experiments.models.deps import MissingPackageError
@@ -136,10 +136,13 @@ def _check_out(out: str | None) -> None:
         raise FileExistsError(f"the directory of --out {out} does not exist; create it first")
 
 
-def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: str | None = None) -> int:
+def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: str | None = None,
+             stop=None) -> int:
     import dataclasses
 
     from experiments import workdir
+    from experiments.config import fingerprint
+    from experiments.signals import NEVER
     from experiments.tasks import UsageError, build_task, check_method
     from experiments.train import Runner
 
@@ -156,7 +159,7 @@ def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: s
         where, method, trainable, saved = load_adapter(cfg, task.base, task.model_module, adapter)
         task = dataclasses.replace(task, method=method)
         runner = Runner(task, cfg)
-    metrics = runner.evaluate(trainable, saved, split, keep_generations=True)
+    metrics = runner.evaluate(trainable, saved, split, keep_generations=True, stop=stop or NEVER)
     generations = metrics.pop("generations", None)
     doc = {"adapter": where, "split": split,
            "dataset": task.info["dataset"] if split != "test" else task.info["test_dataset"],
@@ -170,11 +173,12 @@ def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: s
     return 0
 
 
-def cmd_merge(cfg, adapter: str, out: str, dtype: str) -> int:
+def cmd_merge(cfg, adapter: str, out: str, dtype: str, stop=None) -> int:
     import numpy as np
 
     import gpart_jax as gj
     from experiments import models, workdir
+    from experiments.config import fingerprint
     from experiments.models.names import flatten_params
     from experiments.tasks import check_config, num_classes_of
 
@@ -188,6 +192,8 @@ def cmd_merge(cfg, adapter: str, out: str, dtype: str) -> int:
                                 else None)
     where, method, trainable, saved = load_adapter(cfg, base, models.get(cfg.model.name), adapter)
     merged = gj.merge(method, trainable, base, saved=saved, dtype=dtype)
+    if stop is not None:
+        stop.check()  # before anything is written
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(merged).items()}
     from safetensors.numpy import save_file
 
@@ -246,37 +252,43 @@ def main(argv: list[str] | None = None) -> int:
         from experiments import report
 
         return report.main(argv[1:])
-    try:
-        errors = _errors()
-    except ImportError as e:  # jax or the experiments' own packages are missing
-        print(f"python -m experiments {command}: {e}; install with: bash experiments/install.sh",
-              file=sys.stderr)
-        return 2
     from experiments.signals import stop_requests
 
-    try:
-        command, options, overrides = parse(argv)
-        cfg = load_config(options.config, overrides)
-        if command == "train":
-            with stop_requests() as stop:  # kill / preemption: the last completed step is kept
+    # SIGTERM and Ctrl-C become a request from here on (before jax is imported): honoured at
+    # safe points, never in the middle of XLA's compilation (experiments/signals.py)
+    with stop_requests() as stop:
+        try:
+            errors = _errors()
+        except ImportError as e:  # jax or the experiments' own packages are missing
+            print(f"python -m experiments {command}: {e}; install with: bash experiments/install.sh",
+                  file=sys.stderr)
+            return 2
+        try:
+            from experiments.config import load_config
+
+            command, options, overrides = parse(argv)
+            cfg = load_config(options.config, overrides)
+            stop.check()
+            if command == "train":
                 return cmd_train(cfg, stop)
-        if command == "eval":
-            return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out)
-        if command == "merge":
-            return cmd_merge(cfg, options.adapter, options.out, options.dtype)
-        return cmd_params(cfg)
-    except errors as e:
-        print(f"python -m experiments {command}: {str(e).strip()}", file=sys.stderr)
-        return 2
-    except OSError as e:  # a full disk, a read-only workdir: one line, nothing half-written
-        print(f"python -m experiments {command}: {e.strerror or e}"
-              + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
-        return 2
-    except FloatingPointError as e:  # a diverged run: its checkpoints stay for inspection
-        print(f"python -m experiments {command}: {e}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        hint = ("; the last completed step is checkpointed: run the same command again to resume"
-                if command == "train" else "")
-        print(f"\npython -m experiments {command}: interrupted{hint}", file=sys.stderr)
-        return 130
+            if command == "eval":
+                return cmd_eval(cfg, options.adapter, options.split, options.untuned, options.out,
+                                stop)
+            if command == "merge":
+                return cmd_merge(cfg, options.adapter, options.out, options.dtype, stop)
+            return cmd_params(cfg)
+        except errors as e:
+            print(f"python -m experiments {command}: {str(e).strip()}", file=sys.stderr)
+            return 2
+        except OSError as e:  # a full disk, a read-only workdir: one line, nothing half-written
+            print(f"python -m experiments {command}: {e.strerror or e}"
+                  + (f" ({e.filename})" if e.filename else ""), file=sys.stderr)
+            return 2
+        except FloatingPointError as e:  # a diverged run: its checkpoints stay for inspection
+            print(f"python -m experiments {command}: {e}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            hint = ("; the last completed step is checkpointed: run the same command again to "
+                    "resume" if command == "train" else "")
+            print(f"\npython -m experiments {command}: interrupted{hint}", file=sys.stderr)
+            return 130

@@ -84,11 +84,20 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
     except ConfigError:
         raise
     except (AttributeError, KeyError) as e:  # an override of a key the config does not have
-        key = str(e).strip("'\"")
+        key = _overridden_unknown(config, overrides)
+        if key is None:  # the config file itself raised it
+            raise ConfigError(f"config {config} could not be loaded: {type(e).__name__}: "
+                              f"{str(e).splitlines()[0]}") from None
         raise ConfigError(_unknown_key(config, key)) from None
     except SyntaxError as e:
         raise ConfigError(f"config file {path} has a syntax error: {e.msg} (line {e.lineno})") from None
     except flags.Error as e:
+        cause = _raised_in_config(e)
+        if isinstance(cause, ConfigError):  # a bad family argument (configs/x.py:task=...)
+            raise ConfigError(str(cause)) from None
+        if cause is not None:  # get_config raised a ValueError or TypeError
+            raise ConfigError(f"config {config} could not be loaded: {type(cause).__name__}: "
+                              f"{cause}") from None
         raise ConfigError(f"{e}".replace("flag --config.", "--config.")) from None
     except Exception as e:  # the config file itself raised (its get_config, or on import)
         cause = e.__cause__ or e
@@ -97,9 +106,38 @@ def load_config(config: str | None = None, overrides: list[str] | None = None) -
                               f"repository's root only: run the command there") from None
         raise ConfigError(f"config {config} could not be loaded: {type(cause).__name__}: "
                           f"{cause}") from None
+    error = getattr(cfg, "_error", None)  # config_flags keeps an OSError of get_config for later
+    if isinstance(error, OSError):
+        raise ConfigError(f"config {config} could not be loaded: {type(error).__name__}: {error}")
     if not isinstance(cfg, ml_collections.ConfigDict):
         raise ConfigError(f"get_config() in {path} must return an ml_collections.ConfigDict")
     return cfg
+
+
+def _raised_in_config(error: BaseException) -> BaseException | None:
+    """What ``get_config`` raised, under the wrappers of config_flags and absl (which re-raise a
+    ValueError or TypeError with the traceback in its message), or ``None``."""
+    chain = []
+    while error is not None and len(chain) < 8:
+        chain.append(error)
+        error = error.__cause__ or error.__context__
+    wrapped = [i for i, e in enumerate(chain) if "Error whilst parsing config file" in str(e)]
+    if not wrapped or wrapped[-1] + 1 >= len(chain):
+        return None
+    return chain[wrapped[-1] + 1]
+
+
+def _overridden_unknown(config: str, overrides: list[str]) -> str | None:
+    """The dotted key of the first override the config does not have (``None``: all exist)."""
+    try:
+        keys = set(_all_keys(load_config(config)))
+    except ConfigError:
+        return None
+    for item in overrides:
+        key = item[len("--config."):].split("=", 1)[0]
+        if key not in keys:
+            return key
+    return None
 
 
 def _unknown_key(config: str, key: str) -> str:
@@ -107,7 +145,9 @@ def _unknown_key(config: str, key: str) -> str:
         keys = _all_keys(load_config(config))
     except ConfigError:
         keys = []
-    wanted = [k for k in keys if k.endswith(key)] or difflib.get_close_matches(key, keys, n=3)
+    leaf = key.rsplit(".", 1)[-1]
+    wanted = ([k for k in keys if k == leaf or k.endswith("." + leaf)]
+              or difflib.get_close_matches(key, keys, n=3))
     hint = f"; did you mean {', '.join('--config.' + k for k in wanted[:3])}?" if wanted else ""
     return f"unknown config key {key!r} in an override of {config}{hint}"
 

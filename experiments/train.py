@@ -210,6 +210,7 @@ def train(cfg: ml_collections.ConfigDict, *, task: Task | None = None,
     initialize(cfg.get("distributed"))
     if task is None:
         check_method(cfg)  # every value checked before any weight is read or any file written
+    stop.check()
     fp = fingerprint(cfg)
     path = pathlib.Path(cfg.workdir)
     status = workdir.STATUSES[agree(workdir.STATUSES.index(workdir.status(path, fp)))]

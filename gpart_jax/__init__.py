@@ -8,7 +8,7 @@ Every method, GPart and the baselines (``gpart_jax.methods``), is two pure funct
 trained in full (a new head) travel as ``saved = {path: leaf}`` in every entry point.
 """
 
-from gpart_jax import filters, interop, layout, methods
+from gpart_jax import filters, interop, layout, methods, parallel
 from gpart_jax.adapters import Adapter, load_adapter, read_manifest, save_adapter
 from gpart_jax.arithmetic import combine, cosine, distance, inner, norm, project
 from gpart_jax.core import GPart
@@ -37,6 +37,6 @@ __all__ = [
     "LayoutMismatchError", "Layers", "Method", "Not", "Summary", "TargetError",
     "balanced_group_ids", "balanced_group_sizes", "combine", "cosine", "distance", "filters",
     "full_params", "group_ids", "inner", "interop", "join", "layout", "linear_warmup_decay",
-    "load_adapter", "make_optimizer", "merge", "methods", "norm", "project", "read_manifest",
+    "load_adapter", "make_optimizer", "merge", "methods", "norm", "parallel", "project", "read_manifest",
     "save_adapter", "saved_modules", "select", "unmerge", "__version__",
 ]

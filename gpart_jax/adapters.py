@@ -58,7 +58,8 @@ FORMAT_VERSION = 2
 MANIFEST = "adapter.json"
 LOCK = ".lock"
 # what a save writes (a killed save may leave a tensors file that no manifest names yet)
-_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}\.safetensors|\..*\.tmp)$")
+_OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}\.safetensors|"
+                   r"\.adapter\.json\.[^/]*\.tmp)$")
 
 
 class Adapter(NamedTuple):
@@ -330,8 +331,7 @@ def _publish(directory: pathlib.Path, manifest: dict, trainable_arrays, saved_ar
                                f"({e.strerror}); fix the permissions or choose another directory") from None
         raise
     for entry in directory.iterdir():  # the old tensors and any leftovers of killed saves
-        if entry.name.startswith("tensors-") and entry.name != manifest["tensors"] or (
-                entry.name.endswith(".tmp") and entry.name.startswith(".")):
+        if _OURS.match(entry.name) and entry.name not in (MANIFEST, LOCK, manifest["tensors"]):
             _remove(entry)
 
 
@@ -355,7 +355,17 @@ def load_adapter(directory, *, base_params=None, method: Method | None = None) -
     (same spec), else ``AdapterError``.
     """
     directory = pathlib.Path(directory).absolute()
-    manifest = read_manifest(directory)
+    for attempt in range(3):  # a save may replace the manifest and its tensors as we read them
+        manifest = read_manifest(directory)
+        try:
+            return _load(directory, manifest, base_params, method)
+        except AdapterCorruptError:
+            if attempt == 2 or read_manifest(directory) == manifest:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _load(directory: pathlib.Path, manifest: dict, base_params, method) -> Adapter:
     spec = manifest["method"]
     try:
         rebuilt = methods.from_spec(spec, base_params if base_params is not None
