@@ -70,6 +70,8 @@ def pretrain(out_dir: str | pathlib.Path | None = None, *, config: vit.ViTConfig
     key = jax.random.key(seed)
     params = model.init(key, jnp.zeros((1, 28, 28, 1)))["params"]
     steps_per_epoch = len(x_train) // batch_size
+    # a short run (--epochs 1: 468 steps) warms up over half its steps at most; the cosine needs some
+    warmup_steps = min(warmup_steps, epochs * steps_per_epoch // 2)
     schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup_steps, epochs * steps_per_epoch)
     opt = optax.adamw(schedule, weight_decay=weight_decay, mask=_decay_mask)
     state = opt.init(params)

@@ -46,7 +46,7 @@ def measure(args) -> dict:
 
 
 def render(doc: dict) -> str:
-    lines = ["| adapter (d = 23,040) | bytes on disk | tensor bytes before compression | metadata JSON |",
+    lines = ["| adapter (d = 23,040) | bytes on disk | tensor bytes | manifest (adapter.json) |",
              "|---|---|---|---|"]
     for r in doc["rows"]:
         lines.append(f"| {r['adapter']} | {r['bytes_on_disk']:,} | {r['tensor_bytes']:,} | "
