@@ -213,16 +213,17 @@ def _verified(manifest: dict, directory: pathlib.Path) -> tuple[list, list]:
     for group in ("trainable", "saved"):
         arrays = []
         for i, entry in enumerate(manifest[group]):
+            name = entry["path"] or "(root)"
             if f"{group}/{i}" not in tensors:
-                raise AdapterCorruptError(f"adapter {directory}: {group} array {entry['path']!r} is "
+                raise AdapterCorruptError(f"adapter {directory}: {group} array {name!r} is "
                                           f"missing from {manifest['tensors']}")
             x = np.asarray(tensors[f"{group}/{i}"])
             if (list(x.shape) != entry["shape"] or str(x.dtype) != entry["dtype"]
                     or _sha256(x) != entry["sha256"]):
-                raise AdapterCorruptError(f"adapter {directory}: {group} array {entry['path']!r} does "
+                raise AdapterCorruptError(f"adapter {directory}: {group} array {name!r} does "
                                           f"not match its recorded shape, dtype or sha256 (damaged)")
             if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
-                raise AdapterCorruptError(f"adapter {directory}: {group} array {entry['path']!r} holds "
+                raise AdapterCorruptError(f"adapter {directory}: {group} array {name!r} holds "
                                           f"non-finite values")
             arrays.append((entry["path"], x))
         out.append(arrays)

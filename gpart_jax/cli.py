@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
               f"repository: python -m experiments {command} ... (after bash experiments/install.sh)",
               file=sys.stderr)
         return 2
-    print(f"gpart-jax: unknown command {command!r}\nusage:\n{USAGE}", file=sys.stderr)
+    print(f"gpart-jax: unknown command {command!r}; one of info, peft (see gpart-jax --help)",
+          file=sys.stderr)
     return 2
 
 

@@ -41,6 +41,7 @@ import re
 import typing
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 
 from gpart_jax import paths as P
@@ -254,12 +255,19 @@ def to_predicate(filter: Filter, modules: str = "weights") -> Predicate:
     return lambda path, leaf: compiled.matches(path, leaf, modules)
 
 
+def _matches(predicate: Predicate, path: str, leaf) -> bool:
+    try:
+        return bool(predicate(path, leaf))
+    except Exception:  # a user's predicate that cannot judge a stand-in: no hint from it
+        return False
+
+
 def _suggestions(flat: dict[str, typing.Any], filter: Filter, limit: int = 4) -> str:
     """The paths closest to what ``filter`` names (for a string), or the first few paths."""
     words = [f for f in (filter if isinstance(filter, (list, tuple)) else [filter])
              if isinstance(f, str)]
     runs: dict[str, str] = {}
-    for path in flat:
+    for path in sorted(flat, key=lambda q: not is_weight(flat[q])):  # name a weight's path first
         parts = path.split("/")
         for i in range(len(parts)):
             for j in range(i + 1, len(parts) + 1):
@@ -282,9 +290,21 @@ def select(params, filter: Filter, *, modules: str = "weights", what: str = "tar
     error lists the closest paths.
     """
     flat = P.holders(params)
+    if not flat:
+        raise TypeError(f"the parameter pytree (base_params) is {'None' if params is None else 'empty'}; "
+                        f"pass the model's parameters (e.g. model.init(...) or the loaded checkpoint)")
     predicate = to_predicate(filter, modules)
     chosen = [path for path, leaf in flat.items() if predicate(path, leaf)]
     if not chosen:
+        as_float = {path: jax.ShapeDtypeStruct(getattr(leaf, "shape", ()), jnp.float32)
+                    for path, leaf in flat.items() if not is_float(leaf)}
+        near = [path for path, leaf in as_float.items() if _matches(predicate, path, leaf)]
+        if near:
+            dtypes = sorted({str(getattr(flat[path], "dtype", "?")) for path in near})
+            raise TargetError(f"{what} {filter!r} matched only leaves that are not floating point "
+                              f"({', '.join(near[:3])}{' ...' if len(near) > 3 else ''}: "
+                              f"{', '.join(dtypes)}); adapted weights must be float: cast the "
+                              f"params (e.g. jax.tree.map(lambda x: x.astype(jnp.float32), params))")
         raise TargetError(f"{what} {filter!r} matched no parameter{_suggestions(flat, filter)}")
     return chosen
 
