@@ -292,7 +292,9 @@ def render(doc: dict) -> str:
                 seeds += "".join(f", {n.rsplit('_', 1)[-1]} {s}" for n, s in c["not_done"].items())
             # the paper's rows are its own recipe (AdamW, its partition, its d): none beside a
             # variant it did not run (an L2 penalty, the balanced scheme, another d)
-            variant = c.get("paper_variant") or c.get("regularization") == "l2"  # (older JSON: l2 only)
+            variant = (c.get("paper_variant") or c.get("regularization") == "l2"  # (older JSON: l2 only)
+                       or ("regularization" not in c  # (the oldest JSON: the label says it)
+                           and c["method_label"].endswith("L2 penalty")))
             paper = ["-" if variant else _paper(c["method"], key) for key, _ in columns]
             lines.append(f"| {c['method_label']} | {counts} | {seeds} | {score} | {val} | "
                          + " | ".join(paper) + " |")

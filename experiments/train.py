@@ -317,12 +317,14 @@ def _train(cfg, task, fp, path, status, primary, callback, verbose, stop) -> dic
                 info["window"] = []
             if step % per_epoch == 0 or step == total:
                 new_info, improved, val = _validate(run, state, step, position.epoch + 1, info, stop)
+                # logged before the checkpoint: a resume from an earlier step truncates it away,
+                # while one logged after could be lost to a kill or a full disk in between
+                run.log({"step": step, "epoch": position.epoch + 1, "split": "validation", **val,
+                         "best": improved})
                 checkpoint(step, state, new_info, step if improved else -1)
                 if improved:  # after the checkpoint: a kill in between rewrites it at the end
                     run.save_adapter(jax.device_get(state["trainable"]), jax.device_get(state["saved"]),
                                      _adapter_info(info["best"], fp))
-                run.log({"step": step, "epoch": position.epoch + 1, "split": "validation", **val,
-                         "best": improved})
                 bar.set_metric(val[run.metric])
                 bar.message(f"epoch {position.epoch + 1} step {step}: validation {run.metric} "
                             f"{val[run.metric]:.4f}" + (" (best)" if improved else ""))

@@ -79,9 +79,10 @@ def read_jsonl(path: pathlib.Path) -> list[dict]:
 
 
 def truncate_jsonl(path: pathlib.Path, step: int) -> None:
-    """Keep the records up to ``step``: a resumed run redoes (identically) what came after it."""
+    """Keep the records up to ``step``: a resumed run redoes (identically) what came after it,
+    and its test evaluation (a test record of an unfinished run was not followed by results)."""
     if pathlib.Path(path).exists():
-        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step]
+        kept = [r for r in read_jsonl(path) if r.get("step", 0) <= step and r.get("split") != "test"]
         files.write_atomic(path, "".join(json.dumps(r, default=str) + "\n" for r in kept))
 
 

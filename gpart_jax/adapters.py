@@ -146,10 +146,11 @@ def read_manifest(directory) -> dict:
     try:
         text = path.read_text()
     except FileNotFoundError:
-        legacy = (directory / "metadata" / "metadata").is_file()
+        format_1 = (directory / "metadata" / "metadata").is_file()
         peft = (directory / "adapter_config.json").is_file()
-        hint = ("it was written by gpart-jax 0.1 (format 1): save it again with this version" if legacy
-                else "it is a reference (PEFT) adapter: convert it with `gpart-jax peft import`"
+        hint = ("it was written by gpart-jax 0.1 (format 1, orbax), which this version does not read: "
+                "load it with 0.1 and save theta, its method and saved modules with this version"
+                if format_1 else "it is a reference (PEFT) adapter: convert it with `gpart-jax peft import`"
                 if peft else "was it written by gpart_jax.save_adapter?")
         raise AdapterError(f"{directory} is not a gpart-jax adapter (no {MANIFEST}); {hint}") from None
     except PermissionError as e:

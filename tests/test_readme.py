@@ -1,41 +1,64 @@
-"""The README's example runs, and its tables are what the committed result files say."""
+"""README.md: every example block runs, and every result table is what its committed result file
+renders.
 
-import importlib.util
+An example is a fenced ``python`` block between ``<!-- NAME:start -->`` and ``<!-- NAME:end -->``
+markers whose NAME ends in ``example``; each runs as written, in a fresh namespace from the
+repository root, on this session's 8 host devices (``tests/conftest.py``).
+"""
+
+from __future__ import annotations
+
 import pathlib
 import re
 
-ROOT = pathlib.Path(__file__).parent.parent
-README = (ROOT / "README.md").read_text()
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+BLOCK = re.compile(r"<!-- (?P<name>[\w.-]*example):start -->\n(?P<body>.*?)\n<!-- (?P=name):end -->", re.S)
+CODE = re.compile(r"```python\n(.*?)```", re.S)
 
 
-def _block(name: str) -> str:
-    m = re.search(rf"<!-- {name}:start -->\n(.*?)\n<!-- {name}:end -->", README, re.S)
-    assert m, f"README has no {name} block"
-    return m.group(1)
+def examples(text: str) -> list[tuple[str, str]]:
+    """``(block name, code)`` of every python block inside an example block of ``text``."""
+    out = []
+    for block in BLOCK.finditer(text):
+        codes = CODE.findall(block.group("body"))
+        out += [(block.group("name") + (f"[{i}]" if len(codes) > 1 else ""), code)
+                for i, code in enumerate(codes)]
+    return out
 
 
-def _script(name: str):
-    spec = importlib.util.spec_from_file_location(name, ROOT / "experiments" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+EXAMPLES = examples(README.read_text())
 
 
-def test_readme_example_runs(capsys):
-    code = re.search(r"```python\n(.*?)```", _block("example"), re.S).group(1)
-    assert len(code.splitlines()) <= 45
-    exec(compile(code, "README example", "exec"), {})
-    assert "trainable numbers" in capsys.readouterr().out
+def test_examples_are_found_by_their_markers():
+    text = ("<!-- example:start -->\n```python\nx = 1\n```\n<!-- example:end -->\n"
+            "<!-- adapters-example:start -->\ntext\n```python\na = 1\n```\n```python\nb = 2\n```\n"
+            "<!-- adapters-example:end -->\n"
+            "<!-- bench:start -->\n```python\nnot an example\n```\n<!-- bench:end -->\n"
+            "```python\noutside any block\n```\n")
+    assert examples(text) == [("example", "x = 1\n"), ("adapters-example[0]", "a = 1\n"),
+                              ("adapters-example[1]", "b = 2\n")]
+    assert EXAMPLES, "README.md has no <!-- ...example:start --> block with python code"
 
 
-def test_readme_train_save_reload_merge_example_runs(capsys):
-    code = re.search(r"```python\n(.*?)```", _block("train-example"), re.S).group(1)
-    exec(compile(code, "README train example", "exec"), {})
-    assert "merged model gives the same logits: True" in capsys.readouterr().out
+@pytest.mark.parametrize(("name", "code"), EXAMPLES, ids=[name for name, _ in EXAMPLES])
+def test_readme_example_runs(name, code, monkeypatch, tmp_path):
+    import jax
+
+    assert jax.device_count() == 8  # tests/conftest.py: examples see what a user's 8 devices give
+    monkeypatch.chdir(ROOT)
+    monkeypatch.setenv("GPART_JAX_CACHE", str(tmp_path / "cache"))  # nothing written to the user's cache
+    exec(compile(code, f"README.md {name}", "exec"), {"__name__": "__main__"})
 
 
-def test_readme_tables_come_from_result_files():
-    render = _script("render_readme")
-    for block in render.BLOCKS:
-        assert _block(block) == render.rendered(block), (
-            f"README {block} table differs from its result file: run python experiments/render_readme.py")
+def test_readme_tables_are_what_the_result_files_render(monkeypatch, capsys):
+    from experiments.analyses import render_readme
+
+    monkeypatch.chdir(ROOT)  # render_readme reads README.md and the results relative to the root
+    assert render_readme.differing(README.read_text()) == [], (
+        "README tables differ from their result files: python -m experiments.analyses.render_readme")
+    assert render_readme.main(["--check"]) == 0
+    blocks = len(render_readme.BLOCKS)
+    assert f"{blocks} of {blocks} README blocks agree" in capsys.readouterr().out

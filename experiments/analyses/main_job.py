@@ -26,12 +26,14 @@ RESULTS = RESULTS_DIR / "main_job"
 RUNS = pathlib.Path("runs")
 DEFAULT = "minilm_rt_gpart"
 CONTEXT = ("minilm_rt_head_only",)
+CONFIGS = {"minilm_rt_gpart": "configs/minilm.py",  # run name -> the --config that made it
+           "minilm_rt_head_only": "configs/minilm.py:task=rt,method=head_only"}
 
 
 def _row(name: str, doc: dict) -> str:
     c, v, t = doc["trainable"], doc["validation"], doc["test"]
     what = f"GPart d = {doc['config']['method']['d']:,}" if c["method"] == "gpart" else c["method"]
-    return (f"| `configs/{name}.py` | {what} | {c['total_trainable']:,} | {doc['steps']} | "
+    return (f"| `{CONFIGS.get(name, name)}` | {what} | {c['total_trainable']:,} | {doc['steps']} | "
             f"{v['accuracy']:.4f} | {t['accuracy']:.4f} | {t['mcc']:.4f} | {doc['train_time_s']:.0f} s |")
 
 
@@ -46,7 +48,7 @@ def render(doc: dict, others: tuple[str, ...] = CONTEXT) -> str:
     if t is not None:
         lines += ["", f"Wall time of `bash experiments/main.sh` on {t['cpu_count']} CPU cores: install "
                       f"{t['install_s']} s (fresh virtual environment, pip's download cache warm), "
-                      f"`gpart-jax train` "
+                      f"`python -m experiments train` "
                       f"{t['train_command_s']} s (model and data loading, compilation, {doc['evaluations']} "
                       f"validation passes and the test pass included)."]
     return "\n".join(lines)

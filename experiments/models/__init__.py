@@ -13,9 +13,10 @@
   (``experiments.data.batches``), and ``INPUTS``, the batch keys the model reads;
 * ``logits(model, params, batch, rng=None) -> float32 logits`` (dropout when ``rng`` is given).
 
-Causal LMs add ``tokenizer(cfg)`` and ``generate(model, params, tokenizer, prompts,
-max_new_tokens)``. The modules here: ``minilm`` (``bert`` is its architecture), ``smollm2``
-(``llama``), ``vit`` (the project's own ViT); ``names`` maps checkpoint names to flax paths.
+Causal LMs add ``tokenizer()`` and ``generate(model, params, prompts, max_new_tokens,
+batch_size) -> texts`` (greedy; ``prompts`` are token ids). The modules here: ``minilm``
+(``bert`` is its architecture), ``smollm2`` (``llama``), ``vit`` (the project's own ViT);
+``names`` maps checkpoint names to flax paths.
 """
 
 from __future__ import annotations

@@ -18,8 +18,6 @@ import json
 import os
 import signal
 import sys
-import threading
-import time
 
 import numpy as np
 
@@ -30,7 +28,7 @@ from gpart_jax.paths import leaves_with_paths
 SHAPE, HEAD, D = (512, 512), (512, 4), 100_000
 BASE = {"params": {"layer": {"kernel": np.zeros(SHAPE, np.float32)},
                    "head": {"kernel": np.zeros(HEAD, np.float32)}}}
-PHASES = ("orbax-writing", "tensors-written", "manifest-temp-written", "manifest-replaced")
+PHASES = ("tensors-partly-written", "tensors-written", "manifest-temp-written", "manifest-replaced")
 
 
 def method() -> gj.GPart:
@@ -61,19 +59,15 @@ def _die() -> None:
 
 def die_at(phase: str) -> None:
     """Install a hook that kills this process at ``phase`` of the next save."""
-    if phase == "orbax-writing":  # orbax's temporary directory exists: the tensors half written
+    if phase == "tensors-partly-written":  # killed while the new tensors file is written
         real_tensors = adapters._write_tensors
 
-        def die_when_orbax_writes(target):
-            while not list(target.parent.glob(f"{target.name}.*orbax-checkpoint-tmp*")):
-                time.sleep(0.0005)
-            _die()
-
-        def tensors_watched(target, arrays):
-            threading.Thread(target=die_when_orbax_writes, args=(target,), daemon=True).start()
+        def tensors_half_then_die(target, arrays):
             real_tensors(target, arrays)
-            time.sleep(5)  # the watcher saw it too late: never publish
-        adapters._write_tensors = tensors_watched
+            with open(target, "r+b") as f:  # what a kill half-way leaves: the start of the file
+                f.truncate(target.stat().st_size // 2)
+            _die()
+        adapters._write_tensors = tensors_half_then_die
     elif phase == "tensors-written":  # new tensors complete, manifest still the old one
         real_tensors = adapters._write_tensors
 

@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 
 import gpart_jax as gj
-from gpart_jax import arithmetic as A
 from tests.gpart_jax.tiny_model import tiny_setup
 
 KERNELS = ("layer_0/kernel", "layer_1/kernel", "classifier/kernel")

@@ -44,7 +44,8 @@ class AttentionClassifier(nn.Module):
 
 
 def attention_params():
-    return AttentionClassifier().init(jax.random.key(0), jnp.ones((1, 5, 4)))
+    """The parameter shapes (``jax.ShapeDtypeStruct``): selection reads shapes only."""
+    return jax.eval_shape(AttentionClassifier().init, jax.random.key(0), jnp.ones((1, 5, 4)))
 
 
 class Block(nnx.Module):

@@ -68,7 +68,8 @@ def test_unmerge_without_the_base_head_keeps_the_trained_one(tiny):
     method = build("gpart", base)
     trainable, head = trained(method), trained_head(base)
     restored = gj.unmerge(method, trainable, gj.merge(method, trainable, base, saved=head))
-    np.testing.assert_array_equal(restored["params"]["classifier"]["kernel"], head["params/classifier/kernel"])
+    np.testing.assert_array_equal(restored["params"]["classifier"]["kernel"],
+                                  head["params/classifier/kernel"])
 
 
 def test_unmerge_refuses_full_fine_tuning(tiny):

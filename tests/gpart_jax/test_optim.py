@@ -64,9 +64,10 @@ def learning_rates(opt, params, steps):
     """
     state = opt.init(params)
     ones = jax.tree_util.tree_map(jnp.ones_like, params)
+    update = jax.jit(opt.update)
     rates = []
     for _ in range(steps):
-        updates, state = opt.update(ones, state, params)
+        updates, state = update(ones, state, params)
         rates.append((-float(updates[0][0]), -float(updates[1]["params/classifier/bias"][0])))
     return np.asarray(rates)
 

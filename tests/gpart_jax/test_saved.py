@@ -51,7 +51,8 @@ def test_a_head_of_another_size_is_a_layout_mismatch(base):
     head = trained_head(base)  # 3 classes
     with pytest.raises(gj.LayoutMismatchError,
                        match=r"params/classifier/bias: shape \(3,\), the params have \(5,\); "
-                             r"params/classifier/kernel: shape \(16, 3\), the params have \(16, 5\).*classes"):
+                             r"params/classifier/kernel: shape \(16, 3\), the params have "
+                             r"\(16, 5\).*classes"):
         gj.join(head, five)
     with pytest.raises(gj.LayoutMismatchError, match="params/head/kernel: not in the params"):
         gj.join({"params/head/kernel": np.zeros((16, 3), np.float32)}, base)
@@ -120,3 +121,14 @@ def test_saved_leaves_may_not_be_adapted(tmp_path, base):
     overlap = gj.saved_modules(base, "layer_0")
     with pytest.raises(gj.TargetError, match=r"overlap the adapted leaves: \['params/layer_0/kernel'\]"):
         gj.merge(method, method.init(), base, saved=overlap)
+
+
+def test_an_nnx_model_with_gpart_and_a_saved_head():
+    graphdef, state = nnx.split(NnxModel(nnx.Rngs(0)))
+    method = gj.GPart.create(state, d=5, targets="all-linear", scheme="balanced")  # not the classifier
+    assert method.target_paths == ("layers/0/kernel", "layers/1/kernel")
+    saved = {p: jnp.zeros_like(v) for p, v in gj.saved_modules(state, "classifier").items()}
+    model = nnx.merge(graphdef, gj.full_params(method, jnp.ones(5), state, saved))
+    np.testing.assert_array_equal(model(jnp.ones((2, 4))), 0.0)  # the zero head is in place
+    moved = nnx.merge(graphdef, gj.full_params(method, jnp.ones(5), state))
+    assert not np.allclose(moved.layers[0].kernel[...], state["layers"][0]["kernel"][...])

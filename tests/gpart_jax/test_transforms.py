@@ -1,7 +1,7 @@
 """Every method (GPart's ``apply`` included) gives the same params, loss and gradient under every
 transformation: without jit, under jit, vmapped over several trainables, and over 8 host devices
-(pmap and shard_map with one trainable per device; jit with the trainables, the batch and the
-base params sharded by NamedSharding). conftest.py makes the 8 CPU devices."""
+(pmap with one trainable per device; jit with the trainables, the batch and the base params
+sharded by NamedSharding). tests/conftest.py makes the 8 CPU devices."""
 
 import functools
 
@@ -18,11 +18,11 @@ from jax.sharding import PartitionSpec as P
 import gpart_jax as gj
 import gpart_jax.methods as M
 
-N_DEV = 8  # also the number of trainables: one per device under pmap and shard_map
+N_DEV = 8  # also the number of trainables: one per device under pmap
 TOL = dict(rtol=1e-5, atol=1e-5)
 OPTIONS = {
-    "gpart": dict(d=24), "gpart-noniso": dict(d=24), "lora": dict(r=2), "unilora": dict(d=24, r=2),
-    "vera": dict(r=4), "full": {}, "head-only": {}, "fastfood": dict(d=24),
+    "gpart": dict(d=12), "gpart-noniso": dict(d=12), "lora": dict(r=2), "unilora": dict(d=12, r=2),
+    "vera": dict(r=4), "full": {}, "head-only": {}, "fastfood": dict(d=12),
 }
 
 
@@ -33,17 +33,16 @@ def base_params():
         return jnp.asarray(rng.normal(size=shape) / np.sqrt(shape[0]), jnp.float32)
 
     return {"params": {
-        **{f"layer_{i}": {m: {"kernel": arr(8, 8), "bias": arr(8)} for m in ("query", "value")}
-           for i in range(2)},
+        "layer_0": {m: {"kernel": arr(8, 8), "bias": arr(8)} for m in ("query", "value")},
         "head": {"kernel": arr(8, 2), "bias": jnp.zeros(2)},
     }}
 
 
 def forward(params, x):
     p = params["params"]
-    for i in range(2):
-        x = jnp.tanh(x @ p[f"layer_{i}"]["query"]["kernel"] + p[f"layer_{i}"]["query"]["bias"])
-        x = x + jnp.tanh(x @ p[f"layer_{i}"]["value"]["kernel"] + p[f"layer_{i}"]["value"]["bias"])
+    layer = p["layer_0"]
+    x = jnp.tanh(x @ layer["query"]["kernel"] + layer["query"]["bias"])
+    x = x + jnp.tanh(x @ layer["value"]["kernel"] + layer["value"]["bias"])
     return x @ p["head"]["kernel"] + p["head"]["bias"]
 
 
@@ -82,6 +81,23 @@ def index(tree, k):
     return jax.tree_util.tree_map(lambda a: a[k], tree)
 
 
+def spread_over_devices(pairs, base, x, y):
+    """The inputs on a 2 x 4 mesh: pairs and batch over "data", the base kernels' output
+    dimension over "model"."""
+    mesh = Mesh(np.array(jax.devices()[:N_DEV]).reshape(2, 4), ("data", "model"))
+
+    def put(tree, spec):
+        return jax.tree_util.tree_map(lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)
+
+    def by_model(a):
+        return P(*([None] * (a.ndim - 1)), "model") if a.shape[-1] % 4 == 0 else P()
+
+    sharded_base = put(base, by_model)
+    assert len(sharded_base["params"]["layer_0"]["query"]["kernel"].sharding.device_set) == N_DEV
+    by_data = lambda a: P("data")  # noqa: E731
+    return put(pairs, by_data), sharded_base, put(x, by_data), put(y, by_data)
+
+
 class TransformsTest(chex.TestCase):
 
     @chex.variants(without_jit=True, with_jit=True, with_pmap=True)
@@ -90,42 +106,22 @@ class TransformsTest(chex.TestCase):
         if jax.device_count() < N_DEV:
             self.skipTest(f"needs {N_DEV} devices (conftest sets XLA_FLAGS)")
         method, step, pairs, base, x, y, expected = setup(name)
+        if method.num_trainable:  # the loss reaches the method's trainable numbers
+            assert np.abs(ravel_pytree(expected[2][0])[0]).max() > 0
         variant = self.variant.type
-        # The gradient reaches every trainable number of the method (not all zero).
-        grad_method = expected[2][0]
-        if method.num_trainable:
-            assert np.abs(ravel_pytree(grad_method)[0]).max() > 0
-        if variant is chex.ChexVariantType.WITH_PMAP:
-            # One pair per device.
-            got = self.variant(step, broadcast_args_to_devices=False, reduce_fn=None,
-                               in_axes=(0, None, None, None))(pairs, base, x, y)
-            chex.assert_trees_all_close(got, expected, **TOL)
-            mesh = Mesh(np.array(jax.devices()[:N_DEV]), ("devices",))
-            sharded = jax.jit(jax.shard_map(
-                jax.vmap(step, in_axes=(0, None, None, None)), mesh=mesh,
-                in_specs=(P("devices"), P(), P(), P()), out_specs=P("devices")))
-            chex.assert_trees_all_close(sharded(pairs, base, x, y), expected, **TOL)
-            return
-        if variant is chex.ChexVariantType.WITHOUT_JIT:  # under jit this is the reference itself
-            chex.assert_trees_all_close(self.variant(step)(index(pairs, 3), base, x, y),
-                                        index(expected, 3), **TOL)
-        batched = self.variant(jax.vmap(step, in_axes=(0, None, None, None)))
-        chex.assert_trees_all_close(batched(pairs, base, x, y), expected, **TOL)
-        if variant is chex.ChexVariantType.WITH_JIT:
-            # The same jitted function on sharded inputs: pairs and batch over "data", the base
-            # kernels' output dimension over "model".
-            mesh = Mesh(np.array(jax.devices()[:N_DEV]).reshape(2, 4), ("data", "model"))
-
-            def put(tree, spec):
-                return jax.tree_util.tree_map(
-                    lambda a: jax.device_put(a, NamedSharding(mesh, spec(a))), tree)
-
-            sharded_base = put(base, lambda a: P(*([None] * (a.ndim - 1)), "model")
-                               if a.shape[-1] % 4 == 0 else P())
-            assert len(sharded_base["params"]["layer_0"]["query"]["kernel"].sharding.device_set) == 8
-            got = batched(put(pairs, lambda a: P("data")), sharded_base,
-                          put(x, lambda a: P("data")), put(y, lambda a: P("data")))
-            chex.assert_trees_all_close(got, expected, **TOL)
+        if variant is chex.ChexVariantType.WITHOUT_JIT:  # op by op (jit(step) is the reference)
+            for k in (0, N_DEV - 1):
+                chex.assert_trees_all_close(self.variant(step)(index(pairs, k), base, x, y),
+                                            index(expected, k), **TOL)
+        elif variant is chex.ChexVariantType.WITH_JIT:  # vmap over the pairs, then on 8 devices
+            batched = self.variant(jax.vmap(step, in_axes=(0, None, None, None)))
+            chex.assert_trees_all_close(batched(pairs, base, x, y), expected, **TOL)
+            chex.assert_trees_all_close(batched(*spread_over_devices(pairs, base, x, y)), expected,
+                                        **TOL)
+        else:  # pmap: one pair per device
+            pmapped = self.variant(step, broadcast_args_to_devices=False, reduce_fn=None,
+                                   in_axes=(0, None, None, None))
+            chex.assert_trees_all_close(pmapped(pairs, base, x, y), expected, **TOL)
 
 
 def test_shard_local_base_params_inside_shard_map_are_refused():

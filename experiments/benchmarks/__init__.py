@@ -1,0 +1,1 @@
+"""Benchmarks of implementation choices; each directory's README names its commands."""
