@@ -418,9 +418,10 @@ def _shapes_of(spec: dict) -> dict:
 
 
 def directory_size(directory) -> int:
-    """Bytes of the files in a directory tree (an adapter's size on disk)."""
+    """Bytes of the files in a directory tree (an adapter's size on disk), without the writers'
+    lock file, whose few bytes (the last writer's process id and host) are not the adapter."""
     total = 0
     for root, _, names in os.walk(directory):
-        total += sum(os.path.getsize(os.path.join(root, f)) for f in names)
+        total += sum(os.path.getsize(os.path.join(root, f)) for f in names if f != LOCK)
     return total
 

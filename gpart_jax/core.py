@@ -431,7 +431,7 @@ class GPart(Method):
         ids rather than saving them, so no N-sized residual is kept.
         """
         _validate.float_vector(theta, "theta", self.d)
-        return _expand(self, theta)
+        return _expand(self, theta, None)
 
     def apply(self, theta, base_params, *, dropout: float = 0.0, key: jax.Array | None = None):
         """``w = w0 + P theta`` on the adapted leaves; every other leaf is returned as it is.
@@ -457,9 +457,10 @@ class GPart(Method):
         dropout = _validate.real(dropout, "dropout", low=0.0, high=1.0, high_open=True)
         if dropout > 0 and key is None:
             raise ValueError("apply: dropout > 0 needs a PRNG key (key=...)")
-        deltas = self.deltas(theta)
         index = {path: j for j, (path, _) in enumerate(flat)}
         leaves = [leaf for _, leaf in flat]
+        _validate.float_vector(theta, "theta", self.d)
+        deltas = _expand(self, theta, _explicit_specs([leaves[index[e.path]] for e in self.plan.layout]))
         for i, (entry, delta) in enumerate(zip(self.plan.layout, deltas, strict=True)):
             j = index[entry.path]
             w0 = leaves[j]
@@ -525,24 +526,53 @@ def _scatter_add(acc, ids, updates):
                            mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
 
 
-def _expand_impl(gp: GPart, theta):
+def _explicit_specs(bases) -> tuple | None:
+    """Each base leaf's ``PartitionSpec`` when the mesh has Explicit axes (else ``None``).
+
+    With Explicit axes (``jax.make_mesh``'s default) shardings are part of the types: a delta
+    computed replicated would make its cotangent be all-gathered to match. So the ids, and with
+    them each delta and its cotangent, are given the base leaf's sharding (a local slice).
+    """
+    if not jax.sharding.get_abstract_mesh().explicit_axes:
+        return None
+    specs = tuple(getattr(getattr(jax.typeof(b), "sharding", None), "spec", None) for b in bases)
+    return specs if any(s is not None and any(a is not None for a in s) for s in specs) else None
+
+
+def _expand_impl(gp: GPart, theta, specs):
+    if specs is not None:  # computed in Auto mode, each delta given its base leaf's sharding
+        out = tuple(jax.sharding.PartitionSpec() if s is None else s for s in specs)
+        return jax.sharding.auto_axes(lambda gp, theta: _expand_impl(gp, theta, None),
+                                      axes=jax.sharding.get_abstract_mesh().explicit_axes,
+                                      out_sharding=out)(gp, theta)
     table = theta * gp.scales
     return tuple(_gather(table, gp._leaf_ids(i)) for i in range(len(gp.plan.layout)))
 
 
-@jax.custom_vjp
-def _expand(gp: GPart, theta):
-    return _expand_impl(gp, theta)
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
+def _expand(gp: GPart, theta, specs):
+    return _expand_impl(gp, theta, specs)
 
 
-def _expand_fwd(gp, theta):
-    return _expand_impl(gp, theta), gp
+def _expand_fwd(gp, theta, specs):
+    return _expand_impl(gp, theta, specs), gp
 
 
-def _expand_bwd(gp, cotangents):
+def _grouped_sum(gp: GPart, cotangents) -> jax.Array:
+    """``sum_i g_i`` per group: each cotangent scatter-added into one d-vector."""
     summed = jnp.zeros((gp.d,), jnp.float32)
     for i, g in enumerate(cotangents):
         summed = _scatter_add(summed, gp._leaf_ids(i), g.astype(jnp.float32))
+    return summed
+
+
+def _expand_bwd(specs, gp, cotangents):
+    if specs is None:
+        summed = _grouped_sum(gp, cotangents)
+    else:  # sharded cotangents: the partitioner sums each shard's part, then all-reduces d floats
+        explicit = jax.sharding.get_abstract_mesh().explicit_axes
+        summed = jax.sharding.auto_axes(_grouped_sum, axes=explicit,
+                                        out_sharding=jax.sharding.PartitionSpec())(gp, cotangents)
     gp_zero = jax.tree_util.tree_map(
         lambda x: jnp.zeros_like(x) if jnp.issubdtype(x.dtype, jnp.floating)
         else np.zeros(x.shape, jax.dtypes.float0), gp)

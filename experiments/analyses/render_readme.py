@@ -17,11 +17,14 @@ import re
 import sys
 
 from experiments.analyses import RESULTS, read_doc
+from experiments.benchmarks.grouped_sum.report import RUNS as GROUPED_SUM_RUNS
 from gpart_jax import files
 
 README = pathlib.Path("README.md")
-BLOCKS = {  # README block -> (module, result file, extra arguments of render[, function if not render])
+BLOCKS = {  # README block -> (module, result file(s), extra arguments of render[, function if not render])
     "bench": ("experiments.analyses.reparam_speed", "reparam_speed.json", ()),
+    "grouped-sum": ("experiments.benchmarks.grouped_sum.report",
+                    tuple(f"grouped_sum/{name}" for name in GROUPED_SUM_RUNS), ()),
     "bf16": ("experiments.analyses.bf16_delta", "bf16_delta.json", ()),
     "size": ("experiments.analyses.adapter_size", "adapter_size.json", ()),
     "peft": ("experiments.analyses.peft_golden", "peft_golden.json", ()),
@@ -53,7 +56,8 @@ BLOCKS = {  # README block -> (module, result file, extra arguments of render[, 
 def rendered(block: str) -> str:
     """The markdown of README block ``block``, rendered from its result file."""
     module, result, args, *function = BLOCKS[block]
-    doc = read_doc(RESULTS / result)
+    doc = ([read_doc(RESULTS / r) for r in result] if isinstance(result, tuple)
+           else read_doc(RESULTS / result))
     return getattr(importlib.import_module(module), function[0] if function else "render")(doc, *args)
 
 

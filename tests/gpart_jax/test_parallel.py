@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gpart_jax as gj
@@ -60,8 +60,10 @@ def model_params():
             "l2": {"kernel": jnp.asarray(rng.normal(size=(HID, OUT)) / 8, jnp.float32)}}
 
 
-def forward(p, x):
-    return jnp.tanh(x @ p["l1"]["kernel"] + p["l1"]["bias"]) @ p["l2"]["kernel"]
+def forward(p, x, out_sharding=None):
+    """A two-layer MLP; ``out_sharding`` (Explicit mesh axes) says how each product is sharded."""
+    h = jnp.matmul(x, p["l1"]["kernel"], out_sharding=out_sharding) + p["l1"]["bias"]
+    return jnp.matmul(jnp.tanh(h), p["l2"]["kernel"], out_sharding=out_sharding)
 
 
 def data():
@@ -109,11 +111,18 @@ LAYOUTS = {  # a base too large for one device: kernels sharded over "model" of 
 }
 
 
+@pytest.mark.parametrize("axis_type", [AxisType.Auto, AxisType.Explicit], ids=str)
 @pytest.mark.parametrize("name", LAYOUTS)
-def test_sharded_base_keeps_deltas_sharded_and_sums_partial_d_vectors(gp, name):
+def test_sharded_base_keeps_deltas_sharded_and_sums_partial_d_vectors(gp, name, axis_type):
     params, (x, y) = model_params(), data()
-    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 4), ("data", "model"))
-    specs = LAYOUTS[name]
+    mesh = Mesh(np.asarray(jax.devices()).reshape(2, 4), ("data", "model"),
+                axis_types=(axis_type, axis_type))  # Explicit: jax.make_mesh's default
+    rows = P("data") if axis_type == AxisType.Explicit else None
+    with jax.set_mesh(mesh):
+        check_sharded_base(gp, params, x, y, mesh, LAYOUTS[name], rows)
+
+
+def check_sharded_base(gp, params, x, y, mesh, specs, rows):
     base = jax.tree_util.tree_map(lambda a, s: jax.device_put(a, NamedSharding(mesh, s)), params, specs)
     xs, ys = (jax.device_put(a, NamedSharding(mesh, P("data"))) for a in (x, y))
     theta = jnp.asarray(np.random.default_rng(2).normal(size=D) * 0.1, jnp.float32)
@@ -130,7 +139,7 @@ def test_sharded_base_keeps_deltas_sharded_and_sums_partial_d_vectors(gp, name):
     assert collectives(apply.lower(theta_r, base).compile().as_text()) == []
 
     def plain_loss(p, x, y):
-        return jnp.mean((forward(p, x) - y) ** 2)
+        return jnp.mean((forward(p, x, rows) - y) ** 2)
 
     def loss(theta, p, x, y):
         return plain_loss(gp.apply(theta, p), x, y)
