@@ -527,35 +527,46 @@ def _scatter_add(acc, ids, updates):
 
 
 def _explicit_specs(bases) -> tuple | None:
-    """Each base leaf's ``PartitionSpec`` when the mesh has Explicit axes (else ``None``).
+    """``(mesh, specs)``: each base leaf's ``PartitionSpec`` when its mesh has Explicit axes.
 
     With Explicit axes (``jax.make_mesh``'s default) shardings are part of the types: a delta
-    computed replicated would make its cotangent be all-gathered to match. So the ids, and with
-    them each delta and its cotangent, are given the base leaf's sharding (a local slice).
+    computed replicated would make its cotangent be all-gathered to match. So each delta is
+    computed with its base leaf's sharding, and the grouped sum of the sharded cotangents is left
+    to the partitioner (each shard's partial d-vector, then an all-reduce of d floats). ``None``
+    when no base leaf is sharded over an Explicit axis.
     """
-    if not jax.sharding.get_abstract_mesh().explicit_axes:
+    shardings = [getattr(jax.typeof(b), "sharding", None) for b in bases]
+    meshes = {s.mesh for s in shardings if s is not None and s.mesh.explicit_axes}
+    if len(meshes) != 1:
         return None
-    specs = tuple(getattr(getattr(jax.typeof(b), "sharding", None), "spec", None) for b in bases)
-    return specs if any(s is not None and any(a is not None for a in s) for s in specs) else None
+    specs = tuple(s.spec if s is not None and s.mesh in meshes else None for s in shardings)
+    if not any(s is not None and any(a is not None for a in s) for s in specs):
+        return None
+    return meshes.pop(), specs
 
 
-def _expand_impl(gp: GPart, theta, specs):
-    if specs is not None:  # computed in Auto mode, each delta given its base leaf's sharding
+def _in_auto_mode(mesh, fun, out_sharding, *args):
+    """``fun(*args)`` with the Explicit axes of ``mesh`` made Auto, results sharded as told."""
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jax.sharding.auto_axes(fun, axes=mesh.explicit_axes, out_sharding=out_sharding)(*args)
+
+
+def _expand_impl(gp: GPart, theta, sharded):
+    if sharded is not None:
+        mesh, specs = sharded
         out = tuple(jax.sharding.PartitionSpec() if s is None else s for s in specs)
-        return jax.sharding.auto_axes(lambda gp, theta: _expand_impl(gp, theta, None),
-                                      axes=jax.sharding.get_abstract_mesh().explicit_axes,
-                                      out_sharding=out)(gp, theta)
+        return _in_auto_mode(mesh, lambda gp, theta: _expand_impl(gp, theta, None), out, gp, theta)
     table = theta * gp.scales
     return tuple(_gather(table, gp._leaf_ids(i)) for i in range(len(gp.plan.layout)))
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2,))
-def _expand(gp: GPart, theta, specs):
-    return _expand_impl(gp, theta, specs)
+def _expand(gp: GPart, theta, sharded):
+    return _expand_impl(gp, theta, sharded)
 
 
-def _expand_fwd(gp, theta, specs):
-    return _expand_impl(gp, theta, specs), gp
+def _expand_fwd(gp, theta, sharded):
+    return _expand_impl(gp, theta, sharded), gp
 
 
 def _grouped_sum(gp: GPart, cotangents) -> jax.Array:
@@ -566,13 +577,11 @@ def _grouped_sum(gp: GPart, cotangents) -> jax.Array:
     return summed
 
 
-def _expand_bwd(specs, gp, cotangents):
-    if specs is None:
+def _expand_bwd(sharded, gp, cotangents):
+    if sharded is None:
         summed = _grouped_sum(gp, cotangents)
-    else:  # sharded cotangents: the partitioner sums each shard's part, then all-reduces d floats
-        explicit = jax.sharding.get_abstract_mesh().explicit_axes
-        summed = jax.sharding.auto_axes(_grouped_sum, axes=explicit,
-                                        out_sharding=jax.sharding.PartitionSpec())(gp, cotangents)
+    else:
+        summed = _in_auto_mode(sharded[0], _grouped_sum, jax.sharding.PartitionSpec(), gp, cotangents)
     gp_zero = jax.tree_util.tree_map(
         lambda x: jnp.zeros_like(x) if jnp.issubdtype(x.dtype, jnp.floating)
         else np.zeros(x.shape, jax.dtypes.float0), gp)

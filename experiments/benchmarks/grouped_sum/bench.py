@@ -9,7 +9,7 @@ forward ``w = w0 + P theta`` for every leaf (N weights written) and the backward
 ``grad_theta = P^T g`` for a given weight cotangent ``g``. GB/s counts 12 bytes a weight (read
 w0, write w, read g) for every variant. The variants:
 
-  current              ``w0 + core._expand(gp, theta, None)``: the library's custom VJP as it is
+  current              ``w0 + core._expand(...)``: the library's custom VJP as ``apply`` calls it
   jax_chunked_scatter  current forward; backward hashes and scatters 64K-element chunks in a
                        ``fori_loop`` (no N-sized ids buffer, still XLA's serial scatter)
   materialized_ids     current code with ``materialize=True`` (4 bytes a weight of stored ids)
@@ -114,7 +114,10 @@ def backward_ffi(gp: gj.GPart, cotangents):
 
 # --------------------------------------------------------------------------- forward + backward
 def forward_current(gp: gj.GPart, theta, bases):
-    return tuple(w0 + delta for w0, delta in zip(bases, core._expand(gp, theta, None), strict=True))
+    """``GPart.apply``'s arithmetic on the bare leaves (each delta sharded like its base leaf
+    when the mesh has Explicit axes, as ``apply`` does)."""
+    deltas = core._expand(gp, theta, core._explicit_specs(bases))
+    return tuple(w0 + delta for w0, delta in zip(bases, deltas, strict=True))
 
 
 def with_backward(backward):
