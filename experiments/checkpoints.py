@@ -9,8 +9,9 @@ directory and renames it when complete, so a save killed half-way never damages 
 Integrity, as for adapter files: every saved array's sha256 is recorded in the step's JSON and
 checked on restore, and non-finite parameters are refused at save and at load. A damaged latest
 step makes ``restore_latest`` fall back to the newest earlier step that verifies, and say so;
-a damaged step asked for by number is a ``CheckpointCorruptError``. (Damaged steps are deleted
-as they are found: the run redoes them.)
+a damaged step asked for by number is a ``CheckpointCorruptError``. (Damaged steps are moved
+aside, into ``damaged_checkpoints/``, as they are found: the run redoes them.) A step that cannot
+be read because of permissions or I/O is an ``OSError``, never taken for damage.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ import jax
 import numpy as np
 
 from gpart_jax.paths import leaves_with_paths
+
+DAMAGED = "damaged_checkpoints"  # next to the checkpoints directory: steps that did not verify
 
 
 class CheckpointCorruptError(ValueError):
@@ -51,6 +54,20 @@ def non_finite(tree) -> list[str]:
         if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
             bad.append(path or "(root)")
     return bad
+
+
+def _raise_if_unreadable(error: BaseException, step: int, directory: pathlib.Path) -> None:
+    """Re-raise as ``OSError`` when ``error`` (or what caused it) is a permission or I/O error:
+    a file that cannot be read now is not a damaged file, and must not be moved aside."""
+    seen = error
+    while seen is not None:
+        if isinstance(seen, OSError) and not isinstance(seen, (FileNotFoundError, IsADirectoryError,
+                                                               NotADirectoryError)):
+            raise OSError(seen.errno, f"checkpoint {step} in {directory} cannot be read "
+                          f"({seen.strerror or seen}); fix the permissions or the storage, then "
+                          f"run again: nothing was moved or deleted", seen.filename) from error
+        seen = seen.__cause__ or seen.__context__
+    return None
 
 
 class RunCheckpointer:
@@ -123,6 +140,7 @@ class RunCheckpointer:
         try:
             info = self._manager.restore(step, args=ocp.args.Composite(info=ocp.args.JsonRestore())).info
         except Exception as e:  # orbax raises many types for damaged files
+            _raise_if_unreadable(e, step, self.directory)
             raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its JSON cannot be "
                                          f"read ({type(e).__name__}: {str(e)[:160]})") from None
         if not isinstance(info, dict):
@@ -146,6 +164,7 @@ class RunCheckpointer:
             state = self._manager.restore(step, args=ocp.args.Composite(
                 state=ocp.args.StandardRestore(abstract_state))).state
         except Exception as e:
+            _raise_if_unreadable(e, step, self.directory)
             raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its arrays cannot be "
                                          f"read ({type(e).__name__}: {str(e)[:160]})") from None
         state = jax.device_get(state)
@@ -162,14 +181,33 @@ class RunCheckpointer:
     def restore_latest(self, abstract_state, warn: Callable[[str], None] = print
                        ) -> tuple[Any, dict] | None:
         """The newest step that verifies, ``None`` if there is none. Each damaged newer step is
-        reported through ``warn`` and deleted (the run redoes those steps from the good one)."""
+        reported through ``warn`` and moved aside, into ``damaged_checkpoints/`` next to the
+        checkpoints (the run redoes those steps from the good one; nothing is deleted). A step
+        that cannot be read for a reason other than damage (permissions, I/O) stops the resume
+        with ``OSError`` and moves nothing."""
         for step in reversed(self.all_steps()):
             try:
                 return self.restore(abstract_state, step)
             except CheckpointCorruptError as e:
-                warn(f"{e}; it is deleted and the run resumes from the previous checkpoint")
-                self._manager.delete(step)
+                moved = self.move_aside(step)
+                warn(f"{e}; moved to {moved}, and the run resumes from the previous checkpoint")
         return None
+
+    def move_aside(self, step: int) -> pathlib.Path:
+        """Rename step ``step``'s directory out of the manager's sight; returns where it went."""
+        source = self.directory / str(step)
+        if not source.is_dir():
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory} has no directory "
+                                         f"{source.name} to move aside")
+        aside = self.directory.parent / DAMAGED
+        aside.mkdir(exist_ok=True)
+        target = aside / str(step)
+        n = 1
+        while target.exists():  # an earlier damaged copy of the same step is kept too
+            target, n = aside / f"{step}.{n}", n + 1
+        source.rename(target)
+        self._manager.reload()
+        return target
 
     def close(self) -> None:
         self._manager.close()

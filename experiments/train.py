@@ -119,13 +119,15 @@ class Runner:
     def evaluate(self, trainable, saved, split: str, *, generate: bool = True,
                  keep_generations: bool = False, stop: StopRequest = NEVER) -> dict:
         """Metrics of ``(trainable, saved)`` on ``split`` (the task kind's ``summarize``);
-        ``stop`` is checked between batches."""
+        ``stop`` is checked between batches (with one process: several stop together at the
+        training loop's agreed points only, as a process leaving a collective would hang the rest)."""
         task = self.task
         params = self.params(replicate(trainable, self.mesh), replicate(saved, self.mesh))
         keys = task.device_keys()
         parts: dict[str, list[np.ndarray]] = {}
         for batch in task.splits[split].epoch(0):
-            stop.check()
+            if jax.process_count() == 1:
+                stop.check()
             for k, v in self._eval_step(params, put_batch(batch, self.mesh, keys)).items():
                 parts.setdefault(k, []).append(np.asarray(v))
         outputs = {k: np.concatenate(v) for k, v in parts.items()}
@@ -360,9 +362,11 @@ def _validate(run: _Run, state: dict, step: int, epoch: int, info: dict,
               stop: StopRequest) -> tuple[dict, bool, dict]:
     """Evaluate on validation; returns the run's info as it will be once this step is saved, whether
     it is a new best (strictly better: the first of equals wins), and the metrics. Nothing of the
-    run changes here (not stopped midway: a validation and its checkpoint are one unit)."""
+    run changes here: a validation and its checkpoint are one unit, so a stop during the
+    validation (``stop``, between batches) keeps the step before, and the next run redoes this
+    step and its validation."""
     val = run.runner.evaluate(jax.device_get(state["trainable"]), jax.device_get(state["saved"]),
-                              "validation")
+                              "validation", stop=stop)
     improved = _improved(val[run.metric], info["best"], run.metric, run.mode)
     new_info = dict(info) | {"evaluations": info["evaluations"] + 1}
     if improved:
@@ -380,12 +384,20 @@ def _best_adapter(run: _Run, abstract, best: dict):
     """The best step's ``(trainable, saved)`` as ``best_adapter/`` holds them, verified: restored
     from the (verified) best checkpoint, written again unless the adapter on disk is that step's
     and bit-identical, then read back."""
+    adapter_dir = run.path / workdir.BEST_ADAPTER
     try:
         state, _ = run.ckpt.restore(abstract, step=best["step"])
     except CheckpointCorruptError as e:
-        raise CheckpointCorruptError(f"{e}; the best step cannot be recovered: train again in a new "
+        try:  # the adapter written at that step verifies on its own (sha256 of every array)
+            loaded = gj.load_adapter(adapter_dir, method=run.task.method)
+            if loaded.metadata["extra"].get("step") == best["step"]:
+                run.say(f"{e}; testing the best step from {adapter_dir}, which verifies")
+                return loaded.trainable, loaded.saved
+        except (gj.AdapterError, gj.LayoutMismatchError, KeyError):
+            pass
+        raise CheckpointCorruptError(f"{e}, and {adapter_dir} is not that step's verified adapter; "
+                                     f"the best step cannot be recovered: train again in a new "
                                      f"workdir") from None
-    adapter_dir = run.path / workdir.BEST_ADAPTER
     want = (state["trainable"], state["saved"])
     current = False
     try:

@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments.checkpoints import CheckpointConfigError, CheckpointCorruptError, RunCheckpointer
+from experiments.checkpoints import DAMAGED, CheckpointConfigError, CheckpointCorruptError, RunCheckpointer
 from tests.experiments.tiny import assert_trees_equal, flip_bytes
 
 FP = "f" * 64
@@ -89,8 +89,9 @@ def two_steps(tmp_path):
 
 def falls_back(directory, states, damaged: int, needle: str) -> None:
     """Step ``damaged`` cannot be restored by number; the latest restore says so and returns
-    step 2, deleting the damaged step."""
+    step 2, moving the damaged step aside (its files kept, byte for byte)."""
     warnings = []
+    files_before = tree_bytes(directory / str(damaged))
     with RunCheckpointer(directory, config_fingerprint=FP) as ckpt:
         with pytest.raises(CheckpointCorruptError, match=needle):
             ckpt.restore(abstract(states[2]), step=damaged)
@@ -99,7 +100,14 @@ def falls_back(directory, states, damaged: int, needle: str) -> None:
     assert info["step"] == 2
     assert_trees_equal(state, states[2])
     assert len(warnings) == 1 and f"checkpoint {damaged} in" in warnings[0]
+    aside = directory.parent / DAMAGED / str(damaged)
+    assert f"moved to {aside}" in warnings[0], warnings
     assert "resumes from the previous checkpoint" in warnings[0], warnings
+    assert tree_bytes(aside) == files_before
+
+
+def tree_bytes(root) -> dict:
+    return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def array_files(step_dir):
@@ -151,6 +159,25 @@ def test_every_step_damaged_restores_nothing(two_steps):
     with RunCheckpointer(directory, config_fingerprint=FP) as ckpt:
         assert ckpt.restore_latest(abstract(states[2]), warn=warnings.append) is None
     assert len(warnings) == 2
+
+
+def test_an_unreadable_step_is_an_os_error_and_nothing_moves(two_steps, monkeypatch):
+    directory, states = two_steps
+    import orbax.checkpoint as ocp
+
+    def denied(self, step, *args, **kwargs):
+        try:
+            raise PermissionError(13, "Permission denied", str(directory / str(step)))
+        except PermissionError as e:  # as orbax reports it: wrapped in its own error
+            raise ValueError("orbax could not read the step") from e
+
+    monkeypatch.setattr(ocp.CheckpointManager, "restore", denied)
+    with RunCheckpointer(directory, config_fingerprint=FP) as ckpt:
+        with pytest.raises(OSError, match="checkpoint 4 in .* cannot be read .*Permission denied.*"
+                                          "nothing was moved or deleted"):
+            ckpt.restore_latest(abstract(states[2]))
+        assert ckpt.all_steps() == [2, 4]
+    assert not (directory.parent / DAMAGED).exists()
 
 
 def test_another_configs_directory_is_refused(two_steps):

@@ -240,13 +240,82 @@ def test_a_damaged_latest_checkpoint_falls_back(reference, task, tmp_path, capsy
     capsys.readouterr()
     T.train(cfg, task=task, verbose=True)
     err = capsys.readouterr().err
-    assert "checkpoint 6 in" in err and "it is deleted and the run resumes from the previous " \
+    assert "checkpoint 6 in" in err and "and the run resumes from the previous " \
         "checkpoint" in err, err
     assert "resuming at step 4" in err
     assert_same_run(workdir, reference, task)
     trainable, saved, _ = adapter(workdir)  # verified (sha256, finite) on load
     assert len(tested) == 1
     assert_trees_equal(tested[0], (trainable, saved))
+
+
+def test_a_stop_during_validation_keeps_the_step_before_and_resumes_bit_exactly(
+        reference, task, tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    cfg = cfg_of(workdir)
+    stop = StopRequest()
+    evaluate = T.Runner.evaluate
+    batches = []
+
+    def sigterm_after_one_batch(self, trainable, saved, split, **kwargs):
+        if split == "validation":
+            step = self._eval_step
+
+            def counting(*args):
+                batches.append(1)
+                stop.signum = signal.SIGTERM  # as the handler does, mid-validation
+                return step(*args)
+
+            monkeypatch.setattr(self, "_eval_step", counting)
+        return evaluate(self, trainable, saved, split, **kwargs)
+
+    monkeypatch.setattr(T.Runner, "evaluate", sigterm_after_one_batch)
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, task=task, stop=stop, verbose=False)
+    assert len(batches) == 1  # stopped after one validation batch, not after the whole split
+    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+        assert c.all_steps() == [3]  # step 4's validation never finished: step 3 is the last
+    monkeypatch.setattr(T.Runner, "evaluate", evaluate)
+    T.train(cfg, task=task, verbose=False)
+    assert_same_run(workdir, reference, task)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax
+def test_a_damaged_best_checkpoint_is_tested_from_its_verified_adapter(reference, task, tmp_path,
+                                                                        capsys):
+    _, ref = reference
+    assert ref["best_step"] == 4, "the scenario needs the first validation to stay the best"
+    workdir = tmp_path / "run"
+    cfg = cfg_of(workdir)
+    stop = StopRequest()
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
+    for path in (workdir / W.CHECKPOINTS / "4" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            flip_bytes(path)  # the best step's arrays; the latest (6) is intact
+    capsys.readouterr()
+    T.train(cfg, task=task, verbose=True)
+    err = capsys.readouterr().err
+    assert "checkpoint 4 in" in err and "testing the best step from" in err, err
+    results = W.read_json(workdir / W.RESULTS)
+    assert {k: results[k] for k in RESULT_KEYS} == {k: ref[k] for k in RESULT_KEYS}
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax
+def test_a_damaged_best_checkpoint_without_its_adapter_is_a_clear_error(reference, task, tmp_path):
+    workdir = tmp_path / "run"
+    cfg = cfg_of(workdir)
+    stop = StopRequest()
+    with pytest.raises(KeyboardInterrupt):
+        T.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
+    for path in (workdir / W.CHECKPOINTS / "4" / "state").rglob("*"):
+        if path.is_file() and path.parent.name == "d":
+            flip_bytes(path)
+    tensors = next((workdir / W.BEST_ADAPTER).glob("tensors-*.safetensors"))
+    flip_bytes(tensors)
+    with pytest.raises(T.CheckpointCorruptError, match="cannot be recovered"):
+        T.train(cfg, task=task, verbose=False)
+    assert not (workdir / W.RESULTS).exists()
 
 
 def nan_theta_at(monkeypatch, first: int, last: int = STEPS):
