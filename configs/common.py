@@ -6,8 +6,9 @@ A config is ``get_config(arg)`` of a family file (``configs/minilm.py``, ``confi
 * ``name``, ``workdir`` (default ``runs/<name>``), ``seed`` (head init, adapter init, data
   order, dropout), ``devices`` (0: all local devices), ``compute_dtype`` (``float32`` or
   ``bfloat16``: the model's matmuls; params stay float32), ``progress``, ``log_every``,
-  ``distributed`` (the multi-process run: coordinator address, process count and index; empty:
-  one process, or JAX's cluster auto-detection with ``distributed.auto``).
+  ``distributed`` (the multi-process run: coordinator address, process count and index; without
+  them JAX's cluster auto-detection, one process where it finds no cluster; ``auto=False``
+  skips it).
 * ``model``: ``name`` (a module of ``experiments/models``), ``pooling`` (MiniLM),
   ``num_layers`` (0: all; fewer keeps the first layers, for tests), ``dropout`` (None: the
   checkpoint's rates).
@@ -95,10 +96,11 @@ def optim(name: str, head_lr: float = 4e-3) -> ml_collections.ConfigDict:
 
 
 def distributed() -> ml_collections.ConfigDict:
-    """Several processes (``jax.distributed``): empty for one process; ``auto`` for JAX's cluster
-    auto-detection (TPU, SLURM, MPI); else the coordinator's address and this process's index."""
+    """Several processes (``jax.distributed``): the coordinator's address, the process count and
+    this process's index; without them, JAX's cluster auto-detection (TPU pod slice, SLURM, Open
+    MPI), one process where it finds none (``auto=False``: no detection)."""
     return ml_collections.ConfigDict({"coordinator": "", "num_processes": 0, "process_id": -1,
-                                      "auto": False})
+                                      "auto": True})
 
 
 def base(name: str, method_name: str) -> ml_collections.ConfigDict:

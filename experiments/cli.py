@@ -12,7 +12,7 @@
 resumes an interrupted run in the config's workdir and skips a finished one; Ctrl-C or SIGTERM
 checkpoints its last completed step and exits with 130. Several processes: give each
 ``--config.distributed.coordinator=HOST:PORT --config.distributed.num_processes=N
---config.distributed.process_id=I`` (or ``--config.distributed.auto=True`` on a TPU pod slice,
+--config.distributed.process_id=I`` (without them, JAX's auto-detection: a TPU pod slice,
 SLURM or MPI). ``eval`` scores an adapter (default: the workdir's ``best_adapter``; a reference
 PEFT adapter directory is read directly) on a split (default ``validation``) and prints JSON
 (``--out`` also writes it, with the config and a causal LM's generations); ``--untuned`` scores

@@ -1,9 +1,11 @@
 """Several JAX processes for one run: ``jax.distributed``, configured by ``cfg.distributed``.
 
-* empty (the default): one process;
 * ``coordinator``, ``num_processes``, ``process_id``: start the run's process ``process_id`` of
   ``num_processes``, all talking to the coordinator (``host:port``, served by process 0);
-* ``auto``: JAX's cluster auto-detection (a TPU pod slice, SLURM, Open MPI) fills them in.
+* no coordinator (the default): JAX's cluster auto-detection (a TPU pod slice, SLURM, Open MPI)
+  fills them in, and finding no cluster means one process. ``auto=False`` skips the detection.
+  A caller that already ran JAX computations in this process (``train(cfg)`` from Python) is
+  one process unless it started ``jax.distributed`` itself: the detection must come first.
 
 On CPU the processes exchange data through gloo (``jax_cpu_collectives_implementation``). The
 partition needs no communication: every process hashes the same positions with the same seed.
@@ -34,7 +36,7 @@ def initialize(settings=None) -> bool:
     if settings is None or _STARTED:
         return jax.process_count() > 1 if _STARTED else False
     given = bool(settings.get("coordinator"))
-    if not (given or settings.get("auto")):
+    if not (given or settings.get("auto", True)):
         return False
     jax.config.update("jax_cpu_collectives_implementation", "gloo")
     timeouts = dict(initialization_timeout=INIT_TIMEOUT_S, heartbeat_timeout_seconds=HEARTBEAT_S,
@@ -49,6 +51,10 @@ def initialize(settings=None) -> bool:
             if "coordinator_address should be defined" not in str(e):
                 raise
             return False
+        except RuntimeError as e:  # JAX ran before (an in-process caller): too late to detect
+            if "must be called before" not in str(e):
+                raise
+            return jax.process_count() > 1
     _STARTED = True
     return jax.process_count() > 1
 

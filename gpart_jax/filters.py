@@ -44,7 +44,7 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from gpart_jax import paths as P
+from gpart_jax import paths as tree_paths
 from gpart_jax.errors import TargetError
 
 Predicate = Callable[[str, typing.Any], bool]
@@ -114,7 +114,7 @@ class AllLinear(FilterBase):
     exclude: tuple[str, ...] = DEFAULT_HEADS
 
     def matches(self, path: str, leaf: typing.Any, modules: str) -> bool:
-        if P.leaf_name(path) != "kernel" or rank(leaf) not in (2, 3) or not is_float(leaf):
+        if tree_paths.leaf_name(path) != "kernel" or rank(leaf) not in (2, 3) or not is_float(leaf):
             return False
         parents = path.split("/")[:-1]
         for name in self.exclude:
@@ -132,16 +132,16 @@ class Layers(FilterBase):
     """Leaves of the transformer blocks ``indices`` (by ``gpart_jax.paths.layer_index``)."""
 
     indices: tuple[int, ...]
-    pattern: str = P.DEFAULT_LAYER_PATTERN
+    pattern: str = tree_paths.DEFAULT_LAYER_PATTERN
 
-    def __init__(self, indices, pattern: str = P.DEFAULT_LAYER_PATTERN):
+    def __init__(self, indices, pattern: str = tree_paths.DEFAULT_LAYER_PATTERN):
         if isinstance(indices, int):
             indices = (indices,)
         object.__setattr__(self, "indices", tuple(int(i) for i in indices))
         object.__setattr__(self, "pattern", pattern)
 
     def matches(self, path: str, leaf: typing.Any, modules: str) -> bool:
-        found = P.layer_index(path, self.pattern)
+        found = tree_paths.layer_index(path, self.pattern)
         return found is not None and found[0] in self.indices
 
 
@@ -289,7 +289,7 @@ def select(params, filter: Filter, *, modules: str = "weights", what: str = "tar
     ``what`` names the argument in the error raised (``TargetError``) when nothing matches; the
     error lists the closest paths.
     """
-    flat = P.holders(params)
+    flat = tree_paths.holders(params)
     if not flat:
         raise TypeError(f"the parameter pytree (base_params) is {'None' if params is None else 'empty'}; "
                         f"pass the model's parameters (e.g. model.init(...) or the loaded checkpoint)")

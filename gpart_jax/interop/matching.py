@@ -21,7 +21,7 @@ from gpart_jax.filters import All, Any, Filter, Pattern, to_predicate
 from gpart_jax.interop.config import GPartConfig
 
 
-def layer_index(name: str, layers_pattern: str | Sequence[str] | None = None) -> int | None:
+def peft_layer_index(name: str, layers_pattern: str | Sequence[str] | None = None) -> int | None:
     """Layer index of a PEFT module name, as PEFT's ``layers_to_transform`` reads it.
 
     The integer component that follows the *last* component matching ``layers_pattern``
@@ -60,7 +60,7 @@ def target_filter(config: GPartConfig) -> Filter:
         layers = {wanted} if isinstance(wanted, int) else set(wanted)
 
         def in_layers(path, leaf):
-            return layer_index(dotted(path), config.layers_pattern) in layers
+            return peft_layer_index(dotted(path), config.layers_pattern) in layers
         by_suffix = All(by_suffix, in_layers)
     return Any(equal_to_an_entry, by_suffix)
 

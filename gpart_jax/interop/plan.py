@@ -29,7 +29,7 @@ from gpart_jax.interop.architectures import (
     is_embedding,
 )
 from gpart_jax.interop.config import DEFAULT_LAYERS, GPartConfig, ModuleOrder
-from gpart_jax.interop.matching import layer_index, targeted
+from gpart_jax.interop.matching import peft_layer_index, targeted
 from gpart_jax.interop.reference import RecordedModule, ReferenceAdapter
 from gpart_jax.paths import leaves_with_paths
 
@@ -42,7 +42,7 @@ def _no_match(config: GPartConfig, candidates: list[str], prefix: str) -> str:
         anywhere = targeted(dataclasses.replace(config, layers_to_transform=None,
                                                 source=config.source),
                             [prefix + m for m in candidates])
-        layers = sorted({i for m in anywhere if (i := layer_index(m, config.layers_pattern))
+        layers = sorted({i for m in anywhere if (i := peft_layer_index(m, config.layers_pattern))
                          is not None})
         if anywhere:
             return (f"layers_to_transform {wanted!r} selects none of the base's layers: the "
@@ -178,7 +178,7 @@ def plan_modules(config: GPartConfig, shapes: Mapping[str, Sequence[int]], *,
         raise InteropError(_no_match(config, candidates, prefix))
     wanted = config.layers_to_transform
     if wanted is not None and not isinstance(config.target_modules, str):
-        layers = {layer_index(prefix + m, config.layers_pattern) for m in targeted_modules}
+        layers = {peft_layer_index(prefix + m, config.layers_pattern) for m in targeted_modules}
         absent = sorted(({wanted} if isinstance(wanted, int) else set(wanted)) - layers)
         if absent:
             raise InteropError(f"layers_to_transform lists layers {absent} that this base does not "

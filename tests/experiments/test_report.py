@@ -12,8 +12,8 @@ import statistics
 
 import pytest
 
-from experiments import report as R
-from experiments import suite as S
+from experiments import report as report
+from experiments import suite as suite_runner
 from experiments import workdir
 from experiments.config import fingerprint
 
@@ -49,7 +49,7 @@ def test_every_committed_suite_report_is_of_a_suite():
 def test_committed_report_renders_the_readme_block(path):
     doc = json.loads(path.read_text())
     assert doc["suite"] == path.stem.removeprefix("suite_")
-    assert R.render(doc) == _readme_block(path.stem)
+    assert report.render(doc) == _readme_block(path.stem)
 
 
 @pytest.mark.parametrize("path", COMMITTED, ids=[p.stem for p in COMMITTED])
@@ -59,9 +59,10 @@ def test_committed_cells_are_the_summary_of_its_runs(path, tmp_path):
     ``_run_record``'s own rule)."""
     doc = json.loads(path.read_text())
     suite = ROOT / "configs" / "suites" / f"{doc['suite']}.py"
-    fresh = {r.name: R._run_record(r) for r in S.expand(S.load_suite(suite), tmp_path / "none")}
+    runs = suite_runner.expand(suite_runner.load_suite(suite), tmp_path / "none")
+    fresh = {r.name: report._run_record(r) for r in runs}
     runs = [fresh[r["name"]] | copy.deepcopy(r) for r in doc["runs"]]
-    again = json.loads(json.dumps(R.summarize(runs, doc["suite"])))
+    again = json.loads(json.dumps(report.summarize(runs, doc["suite"])))
     shown = [{k: c[k] for k in cell} for c, cell in zip(again["cells"], doc["cells"], strict=True)]
     assert shown == doc["cells"]
     assert again["cuts"] == doc["cuts"]
@@ -76,7 +77,8 @@ def test_committed_reports_are_of_the_current_suites():
     """Each committed report lists the runs its suite expands to, with the same configs."""
     for path in COMMITTED:
         doc = json.loads(path.read_text())
-        runs = S.expand(S.load_suite(ROOT / "configs" / "suites" / f"{doc['suite']}.py"))
+        suite_file = ROOT / "configs" / "suites" / f"{doc['suite']}.py"
+        runs = suite_runner.expand(suite_runner.load_suite(suite_file))
         assert [(r["name"], r["config"], r["workdir"]) for r in doc["runs"]] == [
             (r.name, r.config, str(r.workdir)) for r in runs], doc["suite"]
 
@@ -89,7 +91,7 @@ def _suite_file(tmp_path: pathlib.Path, entries: list[tuple[str, list[str]]], na
     return path
 
 
-def _write_done(run: S.Run, test: float, validation: float, fp: str | None = None) -> None:
+def _write_done(run: suite_runner.Run, test: float, validation: float, fp: str | None = None) -> None:
     cfg = run.load()
     metric = cfg.task.metric
     run.workdir.mkdir(parents=True, exist_ok=True)
@@ -101,10 +103,10 @@ def _write_done(run: S.Run, test: float, validation: float, fp: str | None = Non
 
 
 def test_report_mean_std_and_pending(tmp_path):
-    entries = [S.entry(c, s) for c in (RT_GPART, RT_LORA, R8_GPART) for s in (0, 1, 2)]
+    entries = [suite_runner.entry(c, s) for c in (RT_GPART, RT_LORA, R8_GPART) for s in (0, 1, 2)]
     suite = _suite_file(tmp_path, entries, "synthetic")
     runs_dir, out = tmp_path / "runs", tmp_path / "out"
-    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    runs = {r.name: r for r in suite_runner.expand(suite_runner.load_suite(suite), runs_dir)}
     for seed, test in enumerate((0.80, 0.82, 0.87)):
         _write_done(runs[f"minilm_rt_gpart_s{seed}"], test, test - 0.01)
     _write_done(runs["minilm_rt_lora_s1"], 0.75, 0.74)
@@ -115,7 +117,7 @@ def test_report_mean_std_and_pending(tmp_path):
     (runs_dir / "synthetic.jsonl").write_text(  # the suite log: r8 s1 failed; a cut line is ignored
         json.dumps({"run": "minilm_r8_gpart_s1", "event": "failed"}) + "\n{\"run\": \"minilm_r8\n")
 
-    doc = R.report(suite, runs_dir, out)
+    doc = report.report(suite, runs_dir, out)
     cells = {(c["task"], c["method"]): c for c in doc["cells"]}
     gpart = cells["rotten_tomatoes", "gpart"]
     assert gpart["n"] == 3 and gpart["expected"] == 3 and gpart["seeds"] == [0, 1, 2]
@@ -138,7 +140,7 @@ def test_report_mean_std_and_pending(tmp_path):
     written = json.loads((out / "suite_synthetic.json").read_text())
     assert written["cells"] == json.loads(json.dumps(doc["cells"]))
     text = (out / "README.md").read_text()
-    assert R.render(written) in text
+    assert report.render(written) in text
     mean, std = 100 * gpart["mean"], 100 * gpart["std"]
     assert f"| GPart d=23,040 | 100 (+ 7) | 3/3 | {mean:.1f} +- {std:.1f} | 82.0 |" in text
     assert "| LoRA r=8 | 100 (+ 7) | 1/3, s0 pending, s2 conflict | 75.0 (1 seed) | 74.0 |" in text
@@ -149,7 +151,7 @@ def test_report_mean_std_and_pending(tmp_path):
     assert "a fixed subset of 5,632 examples" in text
     assert (out / "suite_synthetic.png").stat().st_size > 0
     assert "RoBERTa-base GLUE avg" in text and "ViT-Base" not in text
-    table = R.compact(doc).splitlines()  # the top-level README's view: method x task
+    table = report.compact(doc).splitlines()  # the top-level README's view: method x task
     assert table[0] == "| method | trainable | Rotten Tomatoes (accuracy) | Reuters R8 (mcc) |"
     assert f"| GPart d=23,040 | 100 | {mean:.1f} +- {std:.1f} (3/3) | pending |" in table
     assert "| LoRA r=8 | 100 | 75.0 (1/3) |  |" in table
@@ -159,7 +161,7 @@ def test_report_mean_std_and_pending(tmp_path):
     for seed in (0, 1, 2):
         (runs[f"minilm_rt_gpart_s{seed}"].workdir / workdir.RESULTS).unlink()
     (runs["minilm_rt_lora_s1"].workdir / workdir.RESULTS).unlink()
-    doc = R.report(suite, runs_dir, out)
+    doc = report.report(suite, runs_dir, out)
     assert all(c["n"] == 0 for c in doc["cells"])
     text = (out / "README.md").read_text()
     assert text.count("<!-- suite_synthetic:start -->") == 1 and "hand-written note" in text
@@ -168,19 +170,19 @@ def test_report_mean_std_and_pending(tmp_path):
 
 
 def test_report_labels_variants_and_uses_vision_columns_for_vit(tmp_path):
-    entries = [S.entry(c, 0) for c in (RT_GPART, "configs/minilm.py:task=rt,method=gpart_l2",
+    entries = [suite_runner.entry(c, 0) for c in (RT_GPART, "configs/minilm.py:task=rt,method=gpart_l2",
                                        "configs/vit.py:task=digits,method=gpart",
                                        "configs/minilm.py:task=rt,method=gpart_balanced")]
-    entries.append(S.entry("configs/minilm.py:task=rt,method=unilora", 0, {"method.d": 2880}))
+    entries.append(suite_runner.entry("configs/minilm.py:task=rt,method=unilora", 0, {"method.d": 2880}))
     suite = _suite_file(tmp_path, entries, "mixed")
     runs_dir, out = tmp_path / "runs", tmp_path / "out"
-    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    runs = {r.name: r for r in suite_runner.expand(suite_runner.load_suite(suite), runs_dir)}
     _write_done(runs["minilm_rt_gpart_s0"], 0.81, 0.80)
     _write_done(runs["minilm_rt_gpart_l2_s0"], 0.70, 0.69)
     _write_done(runs["vit_digits_gpart_s0"], 0.95, 0.94)
     _write_done(runs["minilm_rt_gpart_balanced_s0"], 0.82, 0.81)
     _write_done(runs["minilm_rt_unilora_d=2880_s0"], 0.78, 0.77)
-    doc = R.report(suite, runs_dir, out)
+    doc = report.report(suite, runs_dir, out)
     labels = {c["method_label"]: c for c in doc["cells"]}
     assert labels["GPart d=23,040"]["mean"] == pytest.approx(0.81)  # two cells, not one of two seeds
     assert labels["GPart d=23,040, L2 penalty"]["mean"] == pytest.approx(0.70)
@@ -195,34 +197,35 @@ def test_report_labels_variants_and_uses_vision_columns_for_vit(tmp_path):
 
 
 def test_compact_per_task_options_keeps_one_row_per_method(tmp_path):
-    entries = [S.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01}),
-               S.entry(R8_GPART, 0, {"optim.adapter_lr": 0.02}),
-               S.entry(RT_LORA, 0), S.entry("configs/minilm.py:task=r8,method=lora", 0),
-               S.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01, "method.d": 2880})]
+    entries = [suite_runner.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01}),
+               suite_runner.entry(R8_GPART, 0, {"optim.adapter_lr": 0.02}),
+               suite_runner.entry(RT_LORA, 0), suite_runner.entry("configs/minilm.py:task=r8,method=lora", 0),
+               suite_runner.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01, "method.d": 2880})]
     suite = _suite_file(tmp_path, entries, "per_task")
     runs_dir, out = tmp_path / "runs", tmp_path / "out"
-    runs = {r.name: r for r in S.expand(S.load_suite(suite), runs_dir)}
+    runs = {r.name: r for r in suite_runner.expand(suite_runner.load_suite(suite), runs_dir)}
     for name, test in (("minilm_rt_gpart_adapter_lr=0.01_s0", 0.81),
                        ("minilm_r8_gpart_adapter_lr=0.02_s0", 0.9), ("minilm_rt_lora_s0", 0.79),
                        ("minilm_rt_gpart_adapter_lr=0.01_d=2880_s0", 0.77)):
         _write_done(runs[name], test, test)
-    doc = R.report(suite, runs_dir, out)
-    plain = R.compact(doc).splitlines()  # a row per (method, options): GPart splits in two
+    doc = report.report(suite, runs_dir, out)
+    plain = report.compact(doc).splitlines()  # a row per (method, options): GPart splits in two
     assert len(plain) == 2 + 4
-    table = R.compact(doc, per_task_options=True).splitlines()
+    table = report.compact(doc, per_task_options=True).splitlines()
     assert table[2:] == [  # options by the last component of their key, less those the label shows
         "| GPart d=23,040 | 100 | 81.0 (1/1) at adapter_lr=0.01 | 90.0 (1/1) at adapter_lr=0.02 |",
         "| GPart d=2,880 | 100 | 77.0 (1/1) at adapter_lr=0.01 |  |",
         "| LoRA r=8 | 100 | 79.0 (1/1) | pending |"]
     doc["cells"].append(dict(doc["cells"][0], method_label="GPart d=23,040 (another)"))
     with pytest.raises(ValueError, match="two cells of 'GPart d=23,040' on rotten_tomatoes"):
-        R.compact(doc, per_task_options=True)
+        report.compact(doc, per_task_options=True)
 
 
 def test_report_command(tmp_path, capsys):
-    suite = _suite_file(tmp_path, [S.entry(RT_LORA, 0), S.entry(RT_LORA, 1)], "cmd")
-    runs = S.expand(S.load_suite(suite), tmp_path / "runs")
+    suite = _suite_file(tmp_path, [suite_runner.entry(RT_LORA, 0), suite_runner.entry(RT_LORA, 1)], "cmd")
+    runs = suite_runner.expand(suite_runner.load_suite(suite), tmp_path / "runs")
     _write_done(runs[0], 0.8, 0.8)
-    assert R.main([str(suite), "--runs-dir", str(tmp_path / "runs"), "--out", str(tmp_path / "out")]) == 0
+    assert report.main([str(suite), "--runs-dir", str(tmp_path / "runs"),
+                        "--out", str(tmp_path / "out")]) == 0
     assert "suite cmd: 1/2 runs done" in capsys.readouterr().out
-    assert R.main([str(tmp_path / "missing.py"), "--out", str(tmp_path / "out")]) == 2
+    assert report.main([str(tmp_path / "missing.py"), "--out", str(tmp_path / "out")]) == 2

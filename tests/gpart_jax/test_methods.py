@@ -15,7 +15,7 @@ from flax import nnx
 from jax.flatten_util import ravel_pytree
 
 import gpart_jax as gj
-import gpart_jax.methods as M
+import gpart_jax.methods as methods
 from gpart_jax.hashing import GOLDEN_GAMMA, MASK64, splitmix64_int
 from gpart_jax.method import tree_size
 from gpart_jax.methods import seeded
@@ -57,12 +57,12 @@ SMALL_OPTIONS = {
 
 
 def build(name, params, **options):
-    return M.build(name, params, targets=TARGETS, seed=3, **{**SMALL_OPTIONS[name], **options})
+    return methods.build(name, params, targets=TARGETS, seed=3, **{**SMALL_OPTIONS[name], **options})
 
 
 # --------------------------------------------------------------------------- the protocol
 
-@pytest.mark.parametrize("name", M.METHODS)
+@pytest.mark.parametrize("name", methods.METHODS)
 def test_every_method_follows_the_protocol(name):
     params = small_params()
     method = build(name, params)
@@ -89,10 +89,10 @@ def test_every_method_follows_the_protocol(name):
     # spec() is JSON and rebuilds the same method.
     spec = json.loads(json.dumps(method.spec()))
     assert spec["method"] == name
-    again = M.from_spec(spec, params)
+    again = methods.from_spec(spec, params)
     assert type(again) is type(method) and again.adapted == method.adapted
     assert again.spec() == method.spec()
-    assert M.count(method)["trainable"] == method.num_trainable
+    assert methods.count(method)["trainable"] == method.num_trainable
     s = method.summary(params)
     assert s.method == name and s.trainable == method.num_trainable and s.total == tree_size(params)
     assert f"adapted leaves ({len(expected)}):" in str(s)
@@ -110,7 +110,7 @@ def test_saved_modules_may_not_overlap_the_adapted_leaves():
 
 def test_lora_delta_is_scaled_BA():
     params = small_params()
-    method = M.LoRA.create(params, r=3, alpha=6.0, targets=TARGETS)
+    method = methods.LoRA.create(params, r=3, alpha=6.0, targets=TARGETS)
     rng = np.random.default_rng(2)
     trainable = {p: {"A": jnp.float32(rng.normal(size=(3, s[0]))),
                      "B": jnp.float32(rng.normal(size=(s[1], 3)))} for p, s in method.adapted}
@@ -125,7 +125,7 @@ def test_lora_delta_is_scaled_BA():
 
 def test_lora_init_A_uniform_B_zero():
     params = small_params()
-    method = M.LoRA.create(params, r=4, targets=TARGETS)
+    method = methods.LoRA.create(params, r=4, targets=TARGETS)
     a1, a2 = method.init(jax.random.key(0)), method.init(jax.random.key(1))
     for p, (n_in, n_out) in method.adapted:
         assert a1[p]["A"].shape == (4, n_in) and a1[p]["B"].shape == (n_out, 4)
@@ -138,7 +138,7 @@ def test_lora_init_A_uniform_B_zero():
 
 def test_unilora_first_hop_is_isometric_and_delta_is_BA_of_projected_factors():
     params = small_params()
-    method = M.UniLoRA.create(params, d=13, r=2, seed=4, scale=1.5, targets=TARGETS)
+    method = methods.UniLoRA.create(params, d=13, r=2, seed=4, scale=1.5, targets=TARGETS)
     gp = method.gpart
     big_d = 2 * 2 * ((6 + 5) + (6 + 4))
     assert gp.num_adapted == big_d and gp.scheme == "balanced"
@@ -164,7 +164,7 @@ def test_unilora_first_hop_is_isometric_and_delta_is_BA_of_projected_factors():
 
 def test_vera_delta_is_diag_lambda_b_B_diag_lambda_d_A_with_shared_matrices():
     params = small_params()
-    method = M.VeRA.create(params, r=3, seed=11, targets=TARGETS)
+    method = methods.VeRA.create(params, r=3, seed=11, targets=TARGETS)
     # Shared A (r, max in) and B (max out, r), Kaiming-uniform from the project's hash (float64 ref).
     a_full = (2 * f64(seeded.uniform(11, seeded.VERA_A, 3 * 6)) - 1).reshape(3, 6) * np.sqrt(6 / 6)
     b_full = (2 * f64(seeded.uniform(11, seeded.VERA_B, 5 * 3)) - 1).reshape(5, 3) * np.sqrt(6 / 3)
@@ -187,7 +187,7 @@ def test_vera_delta_is_diag_lambda_b_B_diag_lambda_d_A_with_shared_matrices():
 
 def test_full_substitutes_the_weights_and_head_only_changes_nothing():
     params = small_params()
-    full = M.Full.create(params, targets=TARGETS)
+    full = methods.Full.create(params, targets=TARGETS)
     trainable = full.init()
     assert set(trainable) == set(full.target_paths)
     trainable = {p: w + 1.0 for p, w in trainable.items()}
@@ -195,7 +195,7 @@ def test_full_substitutes_the_weights_and_head_only_changes_nothing():
     for p in full.target_paths:
         np.testing.assert_array_equal(get(out, p), get(params, p) + 1.0)
     assert full.num_trainable == full.num_adapted == 2 * (30 + 24)
-    head = M.HeadOnly.create(params)
+    head = methods.HeadOnly.create(params)
     assert head.apply({}, params) is params and head.num_trainable == 0
 
 
@@ -212,13 +212,13 @@ def test_fwht_is_the_walsh_hadamard_matrix(size):
     h = sylvester(size)
     i, j = np.indices((size, size))
     np.testing.assert_array_equal(h, (-1.0) ** np.vectorize(lambda v: bin(v).count("1"))(i & j))
-    np.testing.assert_allclose(f64(jax.jit(M.fwht)(jnp.float32(x))), x @ h, atol=1e-4)
+    np.testing.assert_allclose(f64(jax.jit(methods.fwht)(jnp.float32(x))), x @ h, atol=1e-4)
     np.testing.assert_allclose(h @ h, size * np.eye(size))
 
 
 def test_fwht_needs_a_power_of_two():
     with pytest.raises(ValueError, match="power of two"):
-        M.fwht(jnp.zeros(6))
+        methods.fwht(jnp.zeros(6))
 
 
 def fastfood_dense_reference(ff):
@@ -236,7 +236,7 @@ def fastfood_dense_reference(ff):
 
 def test_fastfood_matches_dense_float64_reference():
     params = small_params()
-    ff = M.Fastfood.create(params, d=6, seed=2, targets=TARGETS)
+    ff = methods.Fastfood.create(params, d=6, seed=2, targets=TARGETS)
     assert (ff.block_size, ff.num_blocks) == (8, -(-2 * (30 + 24) // 8))
     p_ref = fastfood_dense_reference(ff)
     theta = jnp.float32(np.random.default_rng(1).normal(size=6))
@@ -250,7 +250,7 @@ def test_fastfood_matches_dense_float64_reference():
 def test_fastfood_columns_have_unit_norm_when_L_divides_N():
     params = {"params": {"layer_0": {"query": {"kernel": jnp.zeros((8, 8))}}}}
     for seed in range(5):
-        ff = M.Fastfood.create(params, d=5, seed=seed, targets="query/kernel")
+        ff = methods.Fastfood.create(params, d=5, seed=seed, targets="query/kernel")
         assert ff.num_adapted % ff.block_size == 0
         p = fastfood_dense_reference(ff)
         np.testing.assert_allclose(np.linalg.norm(p, axis=0), 1.0, atol=1e-12)
@@ -288,7 +288,7 @@ def singular_values(f, *points, jacobian=jax.jacrev):
 
 def test_gpart_map_is_isometric_at_any_theta():
     params = small_params()
-    method = M.build("gpart", params, d=9, targets=TARGETS, scheme="balanced")
+    method = methods.build("gpart", params, d=9, targets=TARGETS, scheme="balanced")
 
     def delta(theta):
         out = method.apply(theta, params)
@@ -297,7 +297,7 @@ def test_gpart_map_is_isometric_at_any_theta():
     theta = jnp.float32(np.random.default_rng(0).normal(size=9))
     for sv in singular_values(delta, jnp.zeros(9, jnp.float32), theta, 10 * theta):
         np.testing.assert_allclose(sv, 1.0, atol=1e-5)
-    noniso = M.build("gpart-noniso", params, d=9, targets=TARGETS, scheme="balanced")
+    noniso = methods.build("gpart-noniso", params, d=9, targets=TARGETS, scheme="balanced")
     (sv,) = singular_values(lambda t: ravel_pytree(noniso.deltas(t))[0], theta)
     np.testing.assert_allclose(np.sort(sv), np.sort(np.sqrt(noniso.group_sizes)), rtol=1e-5)
     assert sv.max() > 2  # without 1/sqrt(n_j) the map stretches by sqrt(n_j)
@@ -305,7 +305,7 @@ def test_gpart_map_is_isometric_at_any_theta():
 
 def test_lora_jacobian_singular_values_depend_on_the_factors():
     params = {"params": {"layer_0": {"query": {"kernel": jnp.zeros((3, 4))}}}}
-    method = M.LoRA.create(params, r=2, targets="query/kernel")
+    method = methods.LoRA.create(params, r=2, targets="query/kernel")
     rng = np.random.default_rng(0)
     a, b = jnp.float32(rng.normal(size=(2, 3))), jnp.float32(rng.normal(size=(4, 2)))
     x1, unravel = ravel_pytree({"params/layer_0/query/kernel": {"A": a, "B": b}})
@@ -322,7 +322,7 @@ def test_lora_jacobian_singular_values_depend_on_the_factors():
 
 def test_unilora_jacobian_scales_with_theta():
     params = small_params()
-    method = M.UniLoRA.create(params, d=11, r=2, seed=1, targets=TARGETS)
+    method = methods.UniLoRA.create(params, d=11, r=2, seed=1, targets=TARGETS)
 
     def delta(theta):
         return jnp.concatenate([v.reshape(-1) for v in method.deltas(theta).values()])
@@ -355,13 +355,13 @@ TRAINED_ON_CI = ("gpart", "lora", "full", "head-only")
 
 
 @pytest.mark.parametrize("name", [name if name in TRAINED_ON_CI else pytest.param(
-    name, marks=pytest.mark.slow) for name in M.METHODS])
+    name, marks=pytest.mark.slow) for name in methods.METHODS])
 def test_every_method_trains_a_tiny_model_under_the_same_loop(name):
     model = MLP()
     x = jax.random.normal(jax.random.key(0), (128, 8))
     y = jnp.sin(x.sum(axis=1, keepdims=True))
     params = model.init(jax.random.key(1), x)
-    method = M.build(name, params, targets=("dense_0", "dense_1"), seed=0, **TRAIN_OPTIONS[name])
+    method = methods.build(name, params, targets=("dense_0", "dense_1"), seed=0, **TRAIN_OPTIONS[name])
     saved = gj.saved_modules(params, "head")  # a new head trains in full next to every method
     assert set(saved) == {"params/head/kernel", "params/head/bias"}
     pair0 = (method.init(jax.random.key(2)), saved)
@@ -397,30 +397,30 @@ def test_from_spec_refuses_another_base_or_an_unknown_method():
     for name in ("lora", "unilora", "gpart"):
         spec = build(name, params).spec()
         with pytest.raises(gj.LayoutMismatchError, match="layer_1/value/kernel: missing"):
-            M.from_spec(spec, small_params(n_layers=1))
+            methods.from_spec(spec, small_params(n_layers=1))
     spec = build("unilora", params).spec()
     with pytest.raises(gj.LayoutMismatchError, match="fingerprint"):
-        M.from_spec(dict(spec, fingerprint="0" * 64), params)
+        methods.from_spec(dict(spec, fingerprint="0" * 64), params)
     with pytest.raises(ValueError, match="unknown method 'dora' in the spec"):
-        M.from_spec({"method": "dora"}, params)
+        methods.from_spec({"method": "dora"}, params)
 
 
 def test_options_of_and_build_errors():
-    assert M.options_of("lora") == ("r", "alpha", "targets", "adapted_dtype")
-    assert "isometric" not in M.options_of("gpart-noniso")
+    assert methods.options_of("lora") == ("r", "alpha", "targets", "adapted_dtype")
+    assert "isometric" not in methods.options_of("gpart-noniso")
     params = small_params()
     with pytest.raises(ValueError, match="unknown method 'dora'"):
-        M.build("dora", params)
+        methods.build("dora", params)
     with pytest.raises(TypeError, match=r"'lora' does not take option\(s\) \['d'\]"):
-        M.build("lora", params, d=5, targets=TARGETS)
+        methods.build("lora", params, d=5, targets=TARGETS)
     with pytest.raises(TypeError, match=r"fixes \['isometric'\]"):
-        M.build("gpart-noniso", params, d=5, isometric=True)
+        methods.build("gpart-noniso", params, d=5, isometric=True)
     for removed in ("exclude", "layers", "layer_pattern"):
         with pytest.raises(TypeError, match="does not take option"):
-            M.build("lora", params, targets=TARGETS, **{removed: None})
+            methods.build("lora", params, targets=TARGETS, **{removed: None})
     # Common options are dropped where a method has no use for them.
-    assert M.build("head-only", params, targets=TARGETS, seed=1).adapted == ()
-    assert M.build("lora", params, r=1, targets=TARGETS, seed=1).r == 1
+    assert methods.build("head-only", params, targets=TARGETS, seed=1).adapted == ()
+    assert methods.build("lora", params, r=1, targets=TARGETS, seed=1).r == 1
 
 
 # --------------------------------------------------------------------------- budgets and counts
@@ -434,42 +434,42 @@ def encoder_qv_shapes(layers=6, hidden=384):
 
 def test_budget_helpers_on_minilm_qv():
     base = encoder_qv_shapes()
-    assert M.lora_params(base, TARGETS, r=1) == 6 * 2 * (384 + 384) == 9_216
-    assert M.d_for_lora_rank(base, TARGETS, r=8) == 73_728
-    assert M.lora_rank_for_d(base, TARGETS, d=9_216) == 1
-    assert M.lora_rank_for_d(base, TARGETS, d=23_040) == 2  # 18,432 and 27,648 tie: the smaller
-    assert M.lora_rank_for_d(base, TARGETS, d=23_041) == 3
-    assert M.lora_rank_for_d(base, TARGETS, d=1) == 1
-    assert M.lora_rank_for_d(base, TARGETS, d=80_000) == 9
-    d = M.d_for_lora_rank(base, TARGETS, r=2)
-    lora = M.build("lora", base, r=2, targets=TARGETS)
-    gpart = M.build("gpart", base, d=d, targets=TARGETS, scheme="balanced")
-    uni = M.build("unilora", base, d=d, r=4, targets=TARGETS)
+    assert methods.lora_params(base, TARGETS, r=1) == 6 * 2 * (384 + 384) == 9_216
+    assert methods.d_for_lora_rank(base, TARGETS, r=8) == 73_728
+    assert methods.lora_rank_for_d(base, TARGETS, d=9_216) == 1
+    assert methods.lora_rank_for_d(base, TARGETS, d=23_040) == 2  # 18,432 and 27,648 tie: the smaller
+    assert methods.lora_rank_for_d(base, TARGETS, d=23_041) == 3
+    assert methods.lora_rank_for_d(base, TARGETS, d=1) == 1
+    assert methods.lora_rank_for_d(base, TARGETS, d=80_000) == 9
+    d = methods.d_for_lora_rank(base, TARGETS, r=2)
+    lora = methods.build("lora", base, r=2, targets=TARGETS)
+    gpart = methods.build("gpart", base, d=d, targets=TARGETS, scheme="balanced")
+    uni = methods.build("unilora", base, d=d, r=4, targets=TARGETS)
     assert lora.num_trainable == gpart.num_trainable == uni.num_trainable == 18_432
     for r in (1, 4, 8):  # round trip
-        assert M.lora_rank_for_d(base, TARGETS, M.d_for_lora_rank(base, TARGETS, r)) == r
+        assert methods.lora_rank_for_d(base, TARGETS, methods.d_for_lora_rank(base, TARGETS, r)) == r
 
 
 def test_the_papers_glue_counts_on_roberta_qv():
     # The GPart paper's counts on RoBERTa q, v: LoRA 294K / 786K, VeRA 43K, GPart 23K.
     base, large = encoder_qv_shapes(12, 768), encoder_qv_shapes(24, 1024)
-    assert M.lora_params(base, TARGETS, r=8) == 294_912
-    assert M.lora_params(large, TARGETS, r=8) == 786_432
-    assert M.build("vera", base, r=1024, targets=TARGETS).num_trainable == 43_008
-    assert M.build("gpart", base, d=23_040, targets=TARGETS, scheme="balanced").num_trainable == 23_040
+    assert methods.lora_params(base, TARGETS, r=8) == 294_912
+    assert methods.lora_params(large, TARGETS, r=8) == 786_432
+    assert methods.build("vera", base, r=1024, targets=TARGETS).num_trainable == 43_008
+    assert methods.build("gpart", base, d=23_040, targets=TARGETS, scheme="balanced").num_trainable == 23_040
 
 
 def test_counts_quote_trainable_numbers_and_bytes():
     base = encoder_qv_shapes()
-    gp = M.count(M.build("gpart", base, d=23_040, targets=TARGETS, scheme="balanced"))
+    gp = methods.count(methods.build("gpart", base, d=23_040, targets=TARGETS, scheme="balanced"))
     assert gp["method"] == "gpart" and gp["trainable"] == 23_040 and gp["adapted"] == 1_769_472
     assert gp["trainable_bytes"] == 4 * 23_040 and gp["stored_bytes"] == 4 * 23_040 + 8
-    lora = M.count(M.build("lora", base, r=8, targets=TARGETS))
+    lora = methods.count(methods.build("lora", base, r=8, targets=TARGETS))
     assert lora["trainable"] == 73_728 and lora["stored_bytes"] == 4 * 73_728  # no seed to store
-    vera = M.count(M.build("vera", base, r=256, targets=TARGETS))
+    vera = methods.count(methods.build("vera", base, r=256, targets=TARGETS))
     assert vera["trainable"] == 12 * (256 + 384) and vera["stored_bytes"] == 4 * 12 * 640 + 8
     params = small_params()
-    head = M.count(M.build("head-only", params), gj.saved_modules(params, "head"))
+    head = methods.count(methods.build("head-only", params), gj.saved_modules(params, "head"))
     assert head["trainable"] == 0 and head["saved"] == 6 * 2 + 2 == head["total_trainable"]
     assert head["stored_bytes"] == 4 * 14 and head["adapted"] == 0
 
@@ -479,7 +479,7 @@ def test_counts_quote_trainable_numbers_and_bytes():
 def test_adapted_dtype_of_a_bf16_base():
     params = jax.tree_util.tree_map(lambda x: x.astype(jnp.bfloat16), small_params())
     for adapted_dtype, expected in (("float32", jnp.float32), ("base", jnp.bfloat16)):
-        method = M.build("lora", params, r=2, targets=TARGETS, adapted_dtype=adapted_dtype)
+        method = methods.build("lora", params, r=2, targets=TARGETS, adapted_dtype=adapted_dtype)
         out = method.apply(method.init(jax.random.key(0)), params)
         assert out["params"]["layer_0"]["query"]["kernel"].dtype == expected
         assert out["params"]["embed"].dtype == jnp.bfloat16
@@ -496,11 +496,11 @@ def test_methods_work_on_nnx_state():
                   "value": {"kernel": state["value"]["kernel"][...]}}
     for name in ("lora", "unilora", "vera", "fastfood", "full"):
         opts = SMALL_OPTIONS[name]
-        method = M.build(name, state, targets=("query", "value"), seed=1, **opts)
+        method = methods.build(name, state, targets=("query", "value"), seed=1, **opts)
         assert method.target_paths == ("query/kernel", "value/kernel")
         # away from the initial point, so that every method changes the kernels
         trainable = jax.tree_util.tree_map(lambda x: x + 0.1, method.init(jax.random.key(0)))
-        ref = M.build(name, linen_like, targets=("query", "value"), seed=1, **opts)
+        ref = methods.build(name, linen_like, targets=("query", "value"), seed=1, **opts)
         new, expected = jax.jit(lambda t, m=method, r=ref: (m.apply(t, state), r.apply(t, linen_like)))(
             trainable)
         new = nnx.state(nnx.merge(graphdef, new))
@@ -513,41 +513,41 @@ def test_methods_work_on_nnx_state():
 def test_bad_inputs_name_the_argument():
     params = small_params()
     with pytest.raises(ValueError, match=r"r \(LoRA rank\) must be in \[1, inf\]"):
-        M.LoRA.create(params, r=0, targets=TARGETS)
+        methods.LoRA.create(params, r=0, targets=TARGETS)
     with pytest.raises(TypeError, match=r"r \(LoRA rank\) must be an integer"):
-        M.LoRA.create(params, r=1.5, targets=TARGETS)
+        methods.LoRA.create(params, r=1.5, targets=TARGETS)
     with pytest.raises(ValueError, match="alpha must be in"):
-        M.LoRA.create(params, r=2, alpha=0.0, targets=TARGETS)
+        methods.LoRA.create(params, r=2, alpha=0.0, targets=TARGETS)
     with pytest.raises(gj.TargetError, match=r"LoRA adapts 2-D kernels.*query/bias \(5,\)"):
-        M.LoRA.create(params, r=2, targets=("query/kernel", "query/bias"))
+        methods.LoRA.create(params, r=2, targets=("query/kernel", "query/bias"))
     with pytest.raises(gj.TargetError, match="VeRA adapts 2-D"):
-        M.VeRA.create(params, r=2, targets="query/bias")
+        methods.VeRA.create(params, r=2, targets="query/bias")
     with pytest.raises(ValueError, match=r"r \(VeRA rank\)"):
-        M.VeRA.create(params, r=-1, targets=TARGETS)
+        methods.VeRA.create(params, r=-1, targets=TARGETS)
     with pytest.raises(ValueError, match="d = 1000 exceeds D = 84"):
-        M.UniLoRA.create(params, d=1000, r=2, targets=TARGETS)
+        methods.UniLoRA.create(params, d=1000, r=2, targets=TARGETS)
     with pytest.raises(ValueError, match="d must be in"):
-        M.UniLoRA.create(params, d=0, targets=TARGETS)
+        methods.UniLoRA.create(params, d=0, targets=TARGETS)
     with pytest.raises(ValueError, match="init_bound must be > 0"):
-        M.UniLoRA.create(params, d=5, init_bound=0.0, targets=TARGETS)
+        methods.UniLoRA.create(params, d=5, init_bound=0.0, targets=TARGETS)
     with pytest.raises(ValueError, match="d = 200 exceeds N = 108"):
-        M.Fastfood.create(params, d=200, targets=TARGETS)
+        methods.Fastfood.create(params, d=200, targets=TARGETS)
     with pytest.raises(gj.TargetError, match="matched no parameter"):
-        M.LoRA.create(params, r=2, targets="nothing/kernel")
+        methods.LoRA.create(params, r=2, targets="nothing/kernel")
     with pytest.raises(ValueError, match="adapted_dtype"):
-        M.build("vera", params, r=2, targets=TARGETS, adapted_dtype="half")
+        methods.build("vera", params, r=2, targets=TARGETS, adapted_dtype="half")
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        M.LoRA.create(params, r=2, targets=TARGETS).init()
+        methods.LoRA.create(params, r=2, targets=TARGETS).init()
     with pytest.raises(ValueError, match="needs a PRNG key"):
-        M.UniLoRA.create(params, d=5, targets=TARGETS).init()
+        methods.UniLoRA.create(params, d=5, targets=TARGETS).init()
     with pytest.raises(ValueError, match=r"theta must have shape \(5,\)"):
-        M.Fastfood.create(params, d=5, targets=TARGETS).project(jnp.zeros(4))
+        methods.Fastfood.create(params, d=5, targets=TARGETS).project(jnp.zeros(4))
     with pytest.raises(ValueError, match="the trainable pytree must be empty"):
-        M.HeadOnly().apply({"x": jnp.zeros(2)}, params)
+        methods.HeadOnly().apply({"x": jnp.zeros(2)}, params)
     shapes = jax.eval_shape(small_params)
     with pytest.raises(ValueError, match="Full.init needs the base weights"):
-        M.Full.create(shapes, targets=TARGETS).init()
-    lora = M.LoRA.create(params, r=2, targets=TARGETS)
+        methods.Full.create(shapes, targets=TARGETS).init()
+    lora = methods.LoRA.create(params, r=2, targets=TARGETS)
     other = small_params()
     other["params"]["layer_1"]["value"]["kernel"] = jnp.zeros((6, 3))
     with pytest.raises(gj.LayoutMismatchError,
@@ -610,7 +610,7 @@ def test_golden_vera_matrices():
     np.testing.assert_array_max_ulp(a.reshape(-1), np.float32(g["A"]), maxulp=0)
     np.testing.assert_array_max_ulp(b.reshape(-1), np.float32(g["B"]), maxulp=0)
     # The method uses exactly these matrices.
-    method = M.VeRA.create(golden_shapes(), r=g["r"], seed=g["seed"])
+    method = methods.VeRA.create(golden_shapes(), r=g["r"], seed=g["seed"])
     assert method.A.shape == (4, 6) and method.B.shape == (5, 4)
     np.testing.assert_array_equal(method.A, a)
     np.testing.assert_array_equal(method.B, b)
@@ -623,14 +623,14 @@ def test_golden_fastfood_blocks_and_projection():
     assert perm.reshape(-1).tolist() == g["perm"]
     np.testing.assert_array_max_ulp(gauss.reshape(-1), np.float32(g["gauss"]), maxulp=1)
     g = GOLDEN["fastfood_projection"]
-    ff = M.Fastfood.create(golden_shapes(), d=g["d"], seed=g["seed"])
+    ff = methods.Fastfood.create(golden_shapes(), d=g["d"], seed=g["seed"])
     np.testing.assert_allclose(jax.jit(ff.project)(jnp.float32(g["theta"])), np.float32(g["p_theta"]),
                                rtol=1e-5, atol=1e-7)
 
 
 def test_golden_unilora_partition():
     g = GOLDEN["unilora_partition"]
-    uni = M.UniLoRA.create(golden_shapes(), d=g["d"], r=g["r"], seed=g["seed"])
+    uni = methods.UniLoRA.create(golden_shapes(), d=g["d"], r=g["r"], seed=g["seed"])
     assert [e.path for e in uni.gpart.layout] == g["layout"]
     assert uni.gpart.global_group_ids().tolist() == g["ids"]
 
@@ -662,9 +662,9 @@ def test_no_library_rng_for_seeded_structures(monkeypatch):
         monkeypatch.setattr(np.random, name, refuse)
     for name in ("normal", "uniform", "permutation", "bernoulli", "randint", "key", "PRNGKey", "split"):
         monkeypatch.setattr(jax.random, name, refuse)
-    M.VeRA.create(golden_shapes(), r=3, seed=1)
-    M.Fastfood.create(golden_shapes(), d=5, seed=1)
-    M.UniLoRA.create(golden_shapes(), d=7, r=2, seed=1)
+    methods.VeRA.create(golden_shapes(), r=3, seed=1)
+    methods.Fastfood.create(golden_shapes(), d=5, seed=1)
+    methods.UniLoRA.create(golden_shapes(), d=7, r=2, seed=1)
 
 
 def test_seed_changes_every_structure():

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import pytest
 from flax import nnx
 
-from gpart_jax import paths as P
+from gpart_jax import paths as tree_paths
 
 GOLDEN = pathlib.Path(__file__).parents[1] / "golden"
 
@@ -35,7 +35,7 @@ def as_linen_dict():
 
 def test_natural_order_golden():
     doc = json.loads((GOLDEN / "natural_order.json").read_text())
-    assert P.natural_sorted(doc["input"]) == doc["expected"]
+    assert tree_paths.natural_sorted(doc["input"]) == doc["expected"]
     exp = doc["expected"]
     assert exp.index("params/encoder/layer_2/attention/key/kernel") < exp.index(
         "params/encoder/layer_10/attention/key/kernel")
@@ -45,39 +45,40 @@ def test_natural_order_golden():
 
 
 def test_natural_key_rules():
-    assert P.natural_sorted(["layer_10", "layer_2", "layer_1"]) == ["layer_1", "layer_2", "layer_10"]
-    assert P.natural_sorted(["01", "1"]) == ["1", "01"]  # equal integers: the shorter first
-    assert P.natural_sorted(["hx", "h1"]) == ["h1", "hx"]  # digits before non-digits
-    assert P.natural_sorted(["a/c", "a/b/c", "a/b"]) == ["a/b", "a/b/c", "a/c"]
-    assert P.natural_key("h2/x") < P.natural_key("h10/x")
-    assert P.natural_key("h10/x") < P.natural_key("h10a/x")
+    assert tree_paths.natural_sorted(["layer_10", "layer_2", "layer_1"]) == ["layer_1", "layer_2", "layer_10"]
+    assert tree_paths.natural_sorted(["01", "1"]) == ["1", "01"]  # equal integers: the shorter first
+    assert tree_paths.natural_sorted(["hx", "h1"]) == ["h1", "hx"]  # digits before non-digits
+    assert tree_paths.natural_sorted(["a/c", "a/b/c", "a/b"]) == ["a/b", "a/b/c", "a/c"]
+    assert tree_paths.natural_key("h2/x") < tree_paths.natural_key("h10/x")
+    assert tree_paths.natural_key("h10/x") < tree_paths.natural_key("h10a/x")
 
 
 def test_key_path_to_str_writes_every_key_kind():
     tree = {"a": [{"b": jnp.ones(1)}, (jnp.ones(1),)]}
-    flat, _ = P.leaves_with_paths(tree)
+    flat, _ = tree_paths.leaves_with_paths(tree)
     assert [p for p, _ in flat] == ["a/0/b", "a/1/0"]
     keys = (jax.tree_util.DictKey("x"), jax.tree_util.GetAttrKey("y"),
             jax.tree_util.SequenceKey(3), jax.tree_util.FlattenedIndexKey(7))
-    assert P.key_path_to_str(keys) == "x/y/3/7"
+    assert tree_paths.key_path_to_str(keys) == "x/y/3/7"
     # Only an attribute named value (the nnx Variable's) is dropped, never a dict key "value".
-    assert P.key_path_to_str((jax.tree_util.DictKey("attn"), jax.tree_util.GetAttrKey("value"))) == "attn"
-    assert P.key_path_to_str((jax.tree_util.DictKey("attn"), jax.tree_util.DictKey("value"))) == "attn/value"
+    attn = jax.tree_util.DictKey("attn")
+    assert tree_paths.key_path_to_str((attn, jax.tree_util.GetAttrKey("value"))) == "attn"
+    assert tree_paths.key_path_to_str((attn, jax.tree_util.DictKey("value"))) == "attn/value"
 
 
 def test_linen_dict_nnx_state_and_module_give_the_same_paths():
     model = Net(nnx.Rngs(0))
-    expected = [p for p, _ in P.leaves_with_paths(as_linen_dict())[0]]
+    expected = [p for p, _ in tree_paths.leaves_with_paths(as_linen_dict())[0]]
     assert "layers/1/value/kernel" in expected
     for tree in (model, nnx.state(model)):
-        assert [p for p, _ in P.leaves_with_paths(tree)[0]] == expected
-    params_only = [p for p, _ in P.leaves_with_paths(nnx.state(model, nnx.Param))[0]]
+        assert [p for p, _ in tree_paths.leaves_with_paths(tree)[0]] == expected
+    params_only = [p for p, _ in tree_paths.leaves_with_paths(nnx.state(model, nnx.Param))[0]]
     assert params_only == [p for p in expected if p != "count"]
 
 
 def test_leaves_with_paths_round_trips_through_the_treedef():
     model = Net(nnx.Rngs(0))
-    flat, treedef = P.leaves_with_paths(nnx.state(model))
+    flat, treedef = tree_paths.leaves_with_paths(nnx.state(model))
     rebuilt = jax.tree_util.tree_unflatten(treedef, [leaf + 1 for _, leaf in flat])
     assert float(rebuilt["count"][...]) == 1.0
     assert all(hasattr(leaf, "shape") and not isinstance(leaf, nnx.Variable) for _, leaf in flat)
@@ -86,18 +87,18 @@ def test_leaves_with_paths_round_trips_through_the_treedef():
 def test_holders_expose_the_nnx_variable():
     model = Net(nnx.Rngs(0))
     for tree in (model, nnx.state(model)):
-        held = P.holders(tree)
+        held = tree_paths.holders(tree)
         assert isinstance(held["layers/0/query/kernel"], nnx.Param)
         assert isinstance(held["count"], nnx.BatchStat)
         assert held["layers/0/value/kernel"].shape == (4, 3)
-    plain = P.holders(as_linen_dict())
+    plain = tree_paths.holders(as_linen_dict())
     assert isinstance(plain["layers/0/query/kernel"], jax.Array)
 
 
 def test_module_of_and_leaf_name():
-    assert P.module_of("params/layer_0/query/kernel") == "params/layer_0/query"
-    assert P.leaf_name("params/layer_0/query/kernel") == "kernel"
-    assert (P.module_of("bias"), P.leaf_name("bias")) == ("", "bias")
+    assert tree_paths.module_of("params/layer_0/query/kernel") == "params/layer_0/query"
+    assert tree_paths.leaf_name("params/layer_0/query/kernel") == "kernel"
+    assert (tree_paths.module_of("bias"), tree_paths.leaf_name("bias")) == ("", "bias")
 
 
 @pytest.mark.parametrize("path,expected", [
@@ -110,10 +111,10 @@ def test_module_of_and_leaf_name():
     ("params/xlayer_2/kernel", None),  # ... and start at one
 ])
 def test_layer_index(path, expected):
-    assert P.layer_index(path) == expected
+    assert tree_paths.layer_index(path) == expected
 
 
 def test_layer_index_custom_pattern():
-    assert P.layer_index("encoder/stage2/kernel", r"stage(\d+)") == (2, "encoder/stage2")
+    assert tree_paths.layer_index("encoder/stage2/kernel", r"stage(\d+)") == (2, "encoder/stage2")
     with pytest.raises(ValueError, match="capture the layer index"):
-        P.layer_index("encoder/stage/kernel", r"(stage)")
+        tree_paths.layer_index("encoder/stage/kernel", r"(stage)")

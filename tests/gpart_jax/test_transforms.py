@@ -16,7 +16,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 import gpart_jax as gj
-import gpart_jax.methods as M
+import gpart_jax.methods as methods
 
 N_DEV = 8  # also the number of trainables: one per device under pmap
 TOL = dict(rtol=1e-5, atol=1e-5)
@@ -51,7 +51,7 @@ def setup(name):
     """The method, its step function, ``N_DEV`` stacked (trainable, saved) pairs, the data and the
     reference: ``jit(step)`` applied to each pair in turn."""
     base = base_params()
-    method = M.build(name, base, targets=("query", "value"), seed=3, **OPTIONS[name])
+    method = methods.build(name, base, targets=("query", "value"), seed=3, **OPTIONS[name])
     saved = gj.saved_modules(base, "head")
     pair0 = (method.init(jax.random.key(0)), saved)
     flat0, unravel = ravel_pytree(pair0)
@@ -101,7 +101,7 @@ def spread_over_devices(pairs, base, x, y):
 class TransformsTest(chex.TestCase):
 
     @chex.variants(without_jit=True, with_jit=True, with_pmap=True)
-    @parameterized.parameters(*M.METHODS)
+    @parameterized.parameters(*methods.METHODS)
     def test_apply_and_gradient_agree_under_every_transformation(self, name):
         if jax.device_count() < N_DEV:
             self.skipTest(f"needs {N_DEV} devices (conftest sets XLA_FLAGS)")

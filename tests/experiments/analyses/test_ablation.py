@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 import gpart_jax as gj
-from experiments import suite as S
+from experiments import suite as suite
 from experiments import workdir
-from experiments.analyses import ablation as A
+from experiments.analyses import ablation as ablation
 from experiments.config import fingerprint
 
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -32,7 +32,7 @@ def _base():
 def test_norms_measure_the_update_the_library_makes(isometric):
     gp = gj.GPart.create(_base(), d=50, seed=3, targets=("kernel",), isometric=isometric)
     theta = jnp.asarray(np.random.default_rng(1).standard_normal(50), jnp.float32)
-    out = A.norms(gp, theta)
+    out = ablation.norms(gp, theta)
     delta = np.concatenate([np.asarray(x, np.float64).ravel() for x in gp.deltas(theta)])
     assert out["delta_sq"] == pytest.approx(float(delta @ delta), rel=1e-12)
     assert out["theta_sq"] == pytest.approx(float(np.sum(np.asarray(theta, np.float64) ** 2)), rel=1e-12)
@@ -51,7 +51,7 @@ def test_measure_reads_the_finished_runs_best_adapters(tmp_path, monkeypatch):
     from experiments.tasks import abstract_params, build_method
 
     monkeypatch.chdir(ROOT)
-    runs = {r.name: r for r in S.expand(S.load_suite(A.SUITE), tmp_path)}
+    runs = {r.name: r for r in suite.expand(suite.load_suite(ablation.SUITE), tmp_path)}
     rng = np.random.default_rng(0)
     thetas = {}
     for name, test in (("minilm_rt_gpart_s0", 0.8), ("minilm_rt_gpart_noniso_l2_s1", 0.7)):
@@ -65,7 +65,7 @@ def test_measure_reads_the_finished_runs_best_adapters(tmp_path, monkeypatch):
             "fingerprint": fingerprint(cfg), "metric": "accuracy", "test": {"accuracy": test},
             "validation": {"accuracy": test - 0.01}, "steps": 352,
             "trainable": {"trainable": 23_040, "total_trainable": 23_810}})
-    doc = A.measure(tmp_path, "python -m experiments.analyses.ablation")
+    doc = ablation.measure(tmp_path, "python -m experiments.analyses.ablation")
     rows = {r["run"]: r for r in doc["runs"]}
     assert len(rows) == 12 and sum(r["status"] == "done" for r in rows.values()) == 2
     iso, noniso = rows["minilm_rt_gpart_s0"], rows["minilm_rt_gpart_noniso_l2_s1"]
@@ -76,23 +76,23 @@ def test_measure_reads_the_finished_runs_best_adapters(tmp_path, monkeypatch):
     assert noniso["ratio"] == pytest.approx(noniso["size_weighted_ratio"], rel=1e-5)
     assert 60 < noniso["ratio"] < 95 and noniso["regularization"] == "l2"
     cells = {(c["method"], c["regularization"]): c for c in doc["cells"]}
-    assert [(c["method"], c["regularization"]) for c in doc["cells"]] == list(A.VARIANTS)
+    assert [(c["method"], c["regularization"]) for c in doc["cells"]] == list(ablation.VARIANTS)
     assert (cells["gpart", "decoupled"]["n"], cells["gpart", "decoupled"]["expected"]) == (1, 3)
     assert cells["gpart", "decoupled"]["test"] == {"mean": 0.8, "std": None, "values": [0.8]}
     assert cells["gpart", "l2"]["n"] == 0 and cells["gpart", "l2"]["ratio"]["mean"] is None
-    table = A.render(doc).splitlines()
+    table = ablation.render(doc).splitlines()
     assert table[2].startswith("| isometric, AdamW decay | 1/3 | 80.0 (1 seed) | 79.0 (1 seed) |")
     assert table[4] == "| isometric, L2 penalty | 0/3 | pending | pending | pending | pending | pending |"
-    assert A.plot(doc, tmp_path / "a.png") and (tmp_path / "a.png").stat().st_size > 0
+    assert ablation.plot(doc, tmp_path / "a.png") and (tmp_path / "a.png").stat().st_size > 0
     empty = doc | {"cells": [c | {"n": 0} for c in doc["cells"]]}
-    assert A.plot(empty, tmp_path / "b.png") is False and not (tmp_path / "b.png").exists()
+    assert ablation.plot(empty, tmp_path / "b.png") is False and not (tmp_path / "b.png").exists()
 
 
 def test_committed_result_is_consistent():
     doc = json.loads((RESULTS / "ablation.json").read_text())
     assert doc["command"].startswith("python -m experiments.analyses.ablation")
-    assert doc["suite"] == str(A.SUITE)
-    assert [(c["method"], c["regularization"]) for c in doc["cells"]] == list(A.VARIANTS)
+    assert doc["suite"] == str(ablation.SUITE)
+    assert [(c["method"], c["regularization"]) for c in doc["cells"]] == list(ablation.VARIANTS)
     for cell in doc["cells"]:
         done = [r for r in doc["runs"] if (r["method"], r["regularization"]) == (cell["method"],
                                                                                 cell["regularization"])]
@@ -101,4 +101,4 @@ def test_committed_result_is_consistent():
         iso = cell["method"] == "gpart"
         for r in done:
             assert (abs(r["ratio"] - 1) < 1e-5) if iso else (r["ratio"] > 10)
-    assert len(A.render(doc).splitlines()) == 2 + 4
+    assert len(ablation.render(doc).splitlines()) == 2 + 4

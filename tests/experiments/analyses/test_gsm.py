@@ -8,9 +8,9 @@ import pathlib
 
 import pytest
 
-from experiments import suite as S
+from experiments import suite as suite
 from experiments import workdir
-from experiments.analyses import gsm as G
+from experiments.analyses import gsm as gsm
 from experiments.config import fingerprint
 
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
@@ -35,7 +35,7 @@ def _eval_file(path: pathlib.Path, cfg, split: str, metrics: dict) -> dict:
 
 def test_table_rows_and_the_untuned_cut_check(tmp_path):
     runs_dir = tmp_path / "runs"
-    runs = {r.name: r for r in S.expand(S.load_suite(G.SUITE), runs_dir)}
+    runs = {r.name: r for r in suite.expand(suite.load_suite(gsm.SUITE), runs_dir)}
     assert sorted(runs) == ["smollm2_gsm_cpu_gpart_s0", "smollm2_gsm_cpu_unilora_s0"]
     gpart = runs["smollm2_gsm_cpu_gpart_s0"]
     cfg = gpart.load()
@@ -48,7 +48,7 @@ def test_table_rows_and_the_untuned_cut_check(tmp_path):
     _eval_file(untuned["test"], cfg, "test", _test_metrics(0.0, 0.2))
     _eval_file(untuned["validation"], cfg, "validation", {"loss": 1.2, "examples": 128})
 
-    doc = G.collect(runs_dir, untuned)
+    doc = gsm.collect(runs_dir, untuned)
     assert [r["method"] for r in doc["rows"]] == ["GPart d=23,040", "untuned SmolLM2-135M-Instruct"]
     assert doc["rows"][0]["validation_loss"] == 0.9 and doc["rows"][0]["exact_match"] == 0.05
     assert doc["rows"][0]["seed"] == 0 and doc["rows"][0]["steps"] == 64
@@ -56,7 +56,7 @@ def test_table_rows_and_the_untuned_cut_check(tmp_path):
     assert doc["not_done"] == {"smollm2_gsm_cpu_unilora_s0": "pending"}
     assert doc["cut"]["test_dataset"] == "gsm8k" and doc["cut"]["test_examples"] == 200
     assert doc["untuned_files"] == {"test": "u_test.json", "validation": "u_val.json"}
-    table = G.render(doc).splitlines()
+    table = gsm.render(doc).splitlines()
     assert table[2] == "| GPart d=23,040 | 23,040 | 0.900 | 1.500 | 5.0 | 8.0 | 200 |"
     assert table[3] == "| untuned SmolLM2-135M-Instruct | 0 | 1.200 | 1.500 | 0.0 | 20.0 | 200 |"
     assert table[-1] == "Not done yet: smollm2_gsm_cpu_unilora_s0 (pending)."
@@ -65,26 +65,26 @@ def test_table_rows_and_the_untuned_cut_check(tmp_path):
     other.task.test_examples = 50  # scored on another subset: refused, not mixed into the table
     _eval_file(untuned["test"], other, "test", _test_metrics(0.0, 0.2))
     with pytest.raises(ValueError, match="u_test.json was scored on another data cut"):
-        G.collect(runs_dir, untuned)
+        gsm.collect(runs_dir, untuned)
     _eval_file(untuned["test"], cfg, "validation", _test_metrics(0.0, 0.2))
     with pytest.raises(ValueError, match="holds the validation split, not test"):
-        G.collect(runs_dir, untuned)
+        gsm.collect(runs_dir, untuned)
     # without the untuned files, the runs alone
-    doc = G.collect(runs_dir, {"test": tmp_path / "none.json"})
+    doc = gsm.collect(runs_dir, {"test": tmp_path / "none.json"})
     assert [r["method"] for r in doc["rows"]] == ["GPart d=23,040"] and doc["untuned_files"] == {}
 
 
 def test_committed_result_is_of_the_committed_untuned_files():
     """gsm.json's untuned row is the committed eval files' numbers, of the suite's data cut."""
-    doc = json.loads((G.RESULTS / "gsm.json").read_text())
-    test = json.loads(G.UNTUNED["test"].read_text())
-    validation = json.loads(G.UNTUNED["validation"].read_text())
+    doc = json.loads((gsm.RESULTS / "gsm.json").read_text())
+    test = json.loads(gsm.UNTUNED["test"].read_text())
+    validation = json.loads(gsm.UNTUNED["validation"].read_text())
     untuned = doc["rows"][-1]
     assert untuned["method"] == "untuned SmolLM2-135M-Instruct"
     assert (untuned["exact_match"], untuned["last_number_match"], untuned["test_loss"]) == (
         test["exact_match"], test["last_number_match"], test["loss"])
     assert untuned["validation_loss"] == validation["loss"]
     cut = {k: v for k, v in doc["cut"].items()}
-    suite_cut = G._cut(S.expand(S.load_suite(G.SUITE))[0].load().task.to_dict())
-    assert G._cut(test["config"]["task"]) == cut == suite_cut
-    assert doc["not_done"] == {} and len(G.render(doc).splitlines()) == 2 + 3
+    suite_cut = gsm._cut(suite.expand(suite.load_suite(gsm.SUITE))[0].load().task.to_dict())
+    assert gsm._cut(test["config"]["task"]) == cut == suite_cut
+    assert doc["not_done"] == {} and len(gsm.render(doc).splitlines()) == 2 + 3

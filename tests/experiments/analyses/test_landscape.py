@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from experiments.analyses import landscape as L
+from experiments.analyses import landscape as landscape
 
 pytestmark = pytest.mark.filterwarnings("ignore:the load_module:DeprecationWarning")
 ROOT = pathlib.Path(__file__).resolve().parents[3]
@@ -22,23 +22,23 @@ RESULTS = ROOT / "experiments" / "results"
 def test_summary_of_known_surfaces():
     axis = np.linspace(-1, 1, 9)
     a, b = np.meshgrid(axis, axis)
-    bowl = L.summarize(axis, a ** 2 + b ** 2)
+    bowl = landscape.summarize(axis, a ** 2 + b ** 2)
     assert bowl["argmin"] == [0.0, 0.0] and bowl["centre_loss"] == 0.0
     assert bowl["ring1_quadrant_spread"] == pytest.approx(0.0, abs=1e-12)
     assert bowl["corner_loss"] == pytest.approx(2.0) and bowl["max_loss"] == pytest.approx(2.0)
     assert bowl["ring1_mean_loss"] == pytest.approx(1.0, abs=0.1)
-    shifted = L.summarize(axis, (a - 0.5) ** 2 + b ** 2)
+    shifted = landscape.summarize(axis, (a - 0.5) ** 2 + b ** 2)
     assert shifted["argmin"] == [0.5, 0.0] and shifted["argmin_radius"] == pytest.approx(0.5)
-    saddle = L.summarize(axis, a * b)  # high in two opposite quadrants, low in the other two
+    saddle = landscape.summarize(axis, a * b)  # high in two opposite quadrants, low in the other two
     assert saddle["ring1_quadrant_loss"]["++"] > 0 > saddle["ring1_quadrant_loss"]["+-"]
     assert saddle["ring1_quadrant_spread"] > 0.5
 
 
 def test_directions_have_the_solution_norm_and_are_reproducible():
-    u, v = L.directions(1000, 3.5, seed=7)
+    u, v = landscape.directions(1000, 3.5, seed=7)
     assert np.linalg.norm(u) == pytest.approx(3.5) and np.linalg.norm(v) == pytest.approx(3.5)
-    u2, _ = L.directions(1000, 3.5, seed=7)
-    u3, _ = L.directions(1000, 3.5, seed=8)
+    u2, _ = landscape.directions(1000, 3.5, seed=7)
+    u3, _ = landscape.directions(1000, 3.5, seed=8)
     assert np.array_equal(u, u2) and not np.allclose(u, u3)
     assert abs(u @ v) / 3.5 ** 2 < 0.2  # nearly orthogonal in high dimension
 
@@ -47,7 +47,7 @@ def test_grid_must_be_odd():
     args = argparse.Namespace(grid=4, runs=[], seed=0, runs_dir="runs", span=1.0, direction_seeds=[0],
                               examples=8, command="")
     with pytest.raises(SystemExit, match="--grid must be odd"):
-        L.measure(args)
+        landscape.measure(args)
 
 
 def test_centre_is_the_runs_validation_loss(tmp_path, monkeypatch):
@@ -76,7 +76,7 @@ def test_centre_is_the_runs_validation_loss(tmp_path, monkeypatch):
     path.mkdir()
     gj.save_adapter(path / workdir.BEST_ADAPTER, task.method, theta, saved=saved, base_params=task.base)
 
-    run = L.run_landscape(config, 0, tmp_path, grid=3, span=1.0, direction_seeds=[0], examples=16,
+    run = landscape.run_landscape(config, 0, tmp_path, grid=3, span=1.0, direction_seeds=[0], examples=16,
                           overrides=overrides)
     expected = Runner(task, cfg).evaluate(theta, saved, "validation")["loss"]
     surface = np.asarray(run["mean_surface"])
@@ -84,10 +84,11 @@ def test_centre_is_the_runs_validation_loss(tmp_path, monkeypatch):
     assert surface[1, 1] == pytest.approx(expected, rel=1e-5)
     assert run["theta_norm"] == pytest.approx(float(jnp.linalg.norm(theta)), rel=1e-6)
     assert np.ptp(surface) > 0 and run["run"] == "minilm_rt_gpart_s0" and run["method"] == "gpart"
-    assert run["summary"] == L.summarize(np.linspace(-1, 1, 3), surface)
+    assert run["summary"] == landscape.summarize(np.linspace(-1, 1, 3), surface)
     doc = {"axis": [-1.0, 0.0, 1.0], "grid": 3, "direction_seeds": [0], "runs": [run]}
-    assert L.render(doc).splitlines()[2].startswith(f"| GPart (isometric) | 512 | {run['theta_norm']:.3f} |")
-    L.plot(doc, tmp_path / "l.png")
+    row = landscape.render(doc).splitlines()[2]
+    assert row.startswith(f"| GPart (isometric) | 512 | {run['theta_norm']:.3f} |")
+    landscape.plot(doc, tmp_path / "l.png")
     assert (tmp_path / "l.png").stat().st_size > 0
 
 
@@ -101,9 +102,9 @@ def test_committed_result_is_consistent():
         surfaces = np.asarray(run["surfaces"])
         assert surfaces.shape == (len(doc["direction_seeds"]), doc["grid"], doc["grid"])
         np.testing.assert_allclose(np.asarray(run["mean_surface"]), surfaces.mean(0))
-        summary = L.summarize(axis, np.asarray(run["mean_surface"]))
+        summary = landscape.summarize(axis, np.asarray(run["mean_surface"]))
         assert summary.pop("argmin") == pytest.approx(run["summary"]["argmin"])
         assert summary.pop("ring1_quadrant_loss") == pytest.approx(run["summary"]["ring1_quadrant_loss"])
         assert summary == pytest.approx({k: run["summary"][k] for k in summary})
         assert run["d"] == 23_040
-    assert len(L.render(doc).splitlines()) == 2 + len(doc["runs"])
+    assert len(landscape.render(doc).splitlines()) == 2 + len(doc["runs"])

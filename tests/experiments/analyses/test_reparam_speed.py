@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 
 import gpart_jax as gj
-from experiments.analyses import reparam_speed as RS
+from experiments.analyses import reparam_speed as reparam_speed
 
 ROOT = pathlib.Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture
 def small(monkeypatch):
-    monkeypatch.setattr(RS, "LEAF", (100, 100))
-    monkeypatch.setattr(RS, "D", 64)
+    monkeypatch.setattr(reparam_speed, "LEAF", (100, 100))
+    monkeypatch.setattr(reparam_speed, "D", 64)
 
 
 def test_bench_on_two_leaves(small):
-    r = RS.bench(20_000, repeats=2)
+    r = reparam_speed.bench(20_000, repeats=2)
     assert (r["N"], r["d"], r["leaves"], r["repeats"]) == (20_000, 64, 2, 2)
-    assert list(r["variants"]) == list(RS.VARIANTS)
+    assert list(r["variants"]) == list(reparam_speed.VARIANTS)
     for v in r["variants"].values():
         assert len(v["seconds_all"]) == 2 and v["seconds_median"] == statistics.median(v["seconds_all"])
         assert v["gb_per_s"] == pytest.approx(12 * 20_000 / v["seconds_median"] / 1e9)
@@ -35,16 +35,17 @@ def test_bench_on_two_leaves(small):
     assert r["variants"]["balanced"]["other_state_bytes"] > 4 * 64
     assert r["stateless_over_materialized"] == pytest.approx(
         r["variants"]["stateless"]["seconds_median"] / r["variants"]["materialized"]["seconds_median"])
-    assert len(RS.render({"results": [r]}).splitlines()) == 2 + 4
+    assert len(reparam_speed.render({"results": [r]}).splitlines()) == 2 + 4
 
 
 def test_the_timed_calls_compute_the_same_update(small):
     """Stateless and materialized ids are the same partition: the timed forward and backward agree."""
-    params, cotangent = RS.make_inputs(2)
+    params, cotangent = reparam_speed.make_inputs(2)
     theta = jax.random.normal(jax.random.key(1), (64,))
     stateless = gj.GPart.create(params, d=64, targets=("kernel",))
     materialized = gj.GPart.create(params, d=64, targets=("kernel",), materialize=True)
-    (w1, g1), (w2, g2) = (RS.fwd_bwd(gp, theta, params, cotangent) for gp in (stateless, materialized))
+    (w1, g1), (w2, g2) = (reparam_speed.fwd_bwd(gp, theta, params, cotangent)
+                          for gp in (stateless, materialized))
     jax.tree_util.tree_map(np.testing.assert_array_equal, w1, w2)
     np.testing.assert_allclose(g1, g2, rtol=1e-6)
     # the backward is P^T: <P theta, g> = <theta, P^T g>
@@ -58,10 +59,10 @@ def test_the_timed_calls_compute_the_same_update(small):
 
 def test_command_writes_the_json(small, tmp_path, capsys):
     out = tmp_path / "speed.json"
-    assert RS.main(["--sizes", "1e4", "--repeats", "1", "--out", str(out)]) == 0
+    assert reparam_speed.main(["--sizes", "1e4", "--repeats", "1", "--out", str(out)]) == 0
     doc = json.loads(out.read_text())
     assert [r["N"] for r in doc["results"]] == [10_000] and doc["devices"] == jax.device_count()
-    assert capsys.readouterr().out.strip().endswith(RS.render(doc))
+    assert capsys.readouterr().out.strip().endswith(reparam_speed.render(doc))
 
 
 def test_committed_result_is_consistent():
@@ -69,8 +70,8 @@ def test_committed_result_is_consistent():
     assert doc["command"].startswith("python -m experiments.analyses.reparam_speed")
     assert [r["N"] for r in doc["results"]] == [1e6, 1e7, 1e8]
     for r in doc["results"]:
-        assert list(r["variants"]) == list(RS.VARIANTS) and r["d"] == RS.D
+        assert list(r["variants"]) == list(reparam_speed.VARIANTS) and r["d"] == reparam_speed.D
         for v in r["variants"].values():
             assert v["seconds_median"] == statistics.median(v["seconds_all"])
         assert r["variants"]["materialized"]["per_parameter_state_bytes"] == 4 * r["N"]
-    assert len(RS.render(doc).splitlines()) == 2 + 3 * 4
+    assert len(reparam_speed.render(doc).splitlines()) == 2 + 3 * 4

@@ -4,7 +4,7 @@ import pytest
 
 from gpart_jax.filters import select, to_predicate
 from gpart_jax.interop import GPartConfig, is_targeted, target_filter
-from gpart_jax.interop.matching import layer_index, targeted
+from gpart_jax.interop.matching import peft_layer_index, targeted
 from tests.gpart_jax.interop.helpers import bert_sd, to_flax
 
 NAMES = [f"bert.encoder.layer.{i}.attention.self.{m}" for i in range(3) for m in ("query", "key", "value")]
@@ -40,12 +40,12 @@ def test_layers_to_transform_applies_to_suffix_matches_only():
 
 
 def test_layer_index():
-    assert layer_index("bert.encoder.layer.3.attention.self.query") == 3
-    assert layer_index("model.layers.12.mlp.up_proj", "layers") == 12
-    assert layer_index("model.layers.12.mlp.up_proj", ["blocks", "layers"]) == 12
-    assert layer_index("a.h.1.b.layer.4.c") == 4  # the last indexed component
-    assert layer_index("classifier") is None
-    assert layer_index("layers.3") is None  # a component must precede and follow
+    assert peft_layer_index("bert.encoder.layer.3.attention.self.query") == 3
+    assert peft_layer_index("model.layers.12.mlp.up_proj", "layers") == 12
+    assert peft_layer_index("model.layers.12.mlp.up_proj", ["blocks", "layers"]) == 12
+    assert peft_layer_index("a.h.1.b.layer.4.c") == 4  # the last indexed component
+    assert peft_layer_index("classifier") is None
+    assert peft_layer_index("layers.3") is None  # a component must precede and follow
 
 
 def test_the_filter_works_on_flax_params():
