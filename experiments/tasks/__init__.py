@@ -163,13 +163,12 @@ def check_config(cfg: ml_collections.ConfigDict) -> ModuleType:
 
 
 def check_distributed(cfg: ml_collections.ConfigDict) -> None:
-    """The multi-process settings (``cfg.distributed``) are empty, ``auto``, or complete."""
+    """The multi-process settings (``cfg.distributed``) are complete when any is given (then
+    ``auto``, JAX's cluster auto-detection, is not used)."""
     d = cfg.get("distributed")
     if d is None:
         return
     given = bool(d.coordinator) or d.num_processes > 0 or d.process_id >= 0
-    _check(not (given and d.auto), "distributed.auto is set together with a coordinator, process "
-           "count or index; give either (auto: JAX's cluster auto-detection)")
     if given:
         _check(bool(d.coordinator) and ":" in d.coordinator,
                f"distributed.coordinator must be host:port, got {d.coordinator!r}")

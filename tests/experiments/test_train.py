@@ -189,8 +189,9 @@ def stop_in_validation(monkeypatch, stop: StopRequest, nth: int):
                                    "in_last_validation"])
 def test_a_stop_at_an_epoch_boundary_resumes(reference, task, tmp_path, monkeypatch, where):
     """A stop right after the validation and checkpoint of an epoch's last step, or during that
-    validation, exits as KeyboardInterrupt; the restart finishes as the uninterrupted run.
-    (Every such restart once failed: 'Checkpoint at .../checkpoints/8 not found'.)"""
+    validation (which keeps the step before: the step and its validation are redone), exits as
+    KeyboardInterrupt; the restart finishes as the uninterrupted run. (Every such restart once
+    failed: 'Checkpoint at .../checkpoints/8 not found'.)"""
     workdir = tmp_path / "run"
     cfg = cfg_of(workdir)
     stop = StopRequest()
@@ -206,7 +207,8 @@ def test_a_stop_at_an_epoch_boundary_resumes(reference, task, tmp_path, monkeypa
     monkeypatch.undo()
     assert not (workdir / workdir_rules.RESULTS).exists()
     with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS, config_fingerprint=fingerprint(cfg)) as c:
-        assert c.latest_step() == (4 if where.endswith("1") else STEPS)
+        boundary = 4 if where.endswith("1") else STEPS
+        assert c.latest_step() == (boundary if where.startswith("after") else boundary - 1)
     trainer.train(cfg, task=task, verbose=False)
     assert_same_run(workdir, reference, task)
 
@@ -281,19 +283,26 @@ def test_a_stop_during_validation_keeps_the_step_before_and_resumes_bit_exactly(
     assert_same_run(workdir, reference, task)
 
 
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax
-def test_a_damaged_best_checkpoint_is_tested_from_its_verified_adapter(reference, task, tmp_path,
-                                                                        capsys):
-    _, ref = reference
-    assert ref["best_step"] == 4, "the scenario needs the first validation to stay the best"
-    workdir = tmp_path / "run"
+def stopped_with_a_damaged_best_checkpoint(task, workdir):
+    """A run stopped after step 6 whose best checkpoint (step 4) has flipped bytes in its arrays;
+    the latest (6) is intact. Returns its config."""
     cfg = cfg_of(workdir)
     stop = StopRequest()
     with pytest.raises(KeyboardInterrupt):
         trainer.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
     for path in (workdir / workdir_rules.CHECKPOINTS / "4" / "state").rglob("*"):
         if path.is_file() and path.parent.name == "d":
-            flip_bytes(path)  # the best step's arrays; the latest (6) is intact
+            flip_bytes(path)
+    return cfg
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax
+def test_a_damaged_best_checkpoint_is_tested_from_its_verified_adapter(reference, task, tmp_path,
+                                                                        capsys):
+    _, ref = reference
+    assert ref["best_step"] == 4, "the scenario needs the first validation to stay the best"
+    workdir = tmp_path / "run"
+    cfg = stopped_with_a_damaged_best_checkpoint(task, workdir)
     capsys.readouterr()
     trainer.train(cfg, task=task, verbose=True)
     err = capsys.readouterr().err
@@ -305,13 +314,7 @@ def test_a_damaged_best_checkpoint_is_tested_from_its_verified_adapter(reference
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax
 def test_a_damaged_best_checkpoint_without_its_adapter_is_a_clear_error(reference, task, tmp_path):
     workdir = tmp_path / "run"
-    cfg = cfg_of(workdir)
-    stop = StopRequest()
-    with pytest.raises(KeyboardInterrupt):
-        trainer.train(cfg, task=task, callback=stop_after(6, stop), stop=stop, verbose=False)
-    for path in (workdir / workdir_rules.CHECKPOINTS / "4" / "state").rglob("*"):
-        if path.is_file() and path.parent.name == "d":
-            flip_bytes(path)
+    cfg = stopped_with_a_damaged_best_checkpoint(task, workdir)
     tensors = next((workdir / workdir_rules.BEST_ADAPTER).glob("tensors-*.safetensors"))
     flip_bytes(tensors)
     with pytest.raises(trainer.CheckpointCorruptError, match="cannot be recovered"):
