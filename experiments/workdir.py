@@ -41,11 +41,12 @@ class WorkdirError(ValueError):
 
 
 def read_json(path: pathlib.Path) -> dict | None:
-    """The JSON object at ``path``, or ``None`` when it is missing or unreadable (a file cut
-    short by a kill counts as missing: its writer had not finished)."""
+    """The JSON object at ``path``, or ``None`` when it is missing or not a JSON object (a file
+    cut short counts as missing: its writer had not finished). A file that cannot be read
+    (permissions, I/O) is an ``OSError``: taking it for missing would redo, and overwrite, it."""
     try:
         doc = json.loads(pathlib.Path(path).read_text())
-    except (OSError, ValueError):
+    except (FileNotFoundError, NotADirectoryError, ValueError):
         return None
     return doc if isinstance(doc, dict) else None
 

@@ -140,6 +140,23 @@ def test_truncate_jsonl_keeps_up_to_the_step(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["m.jsonl"]  # no temporary left
 
 
+def test_an_unreadable_json_file_is_an_error_not_a_missing_one(tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    run.mkdir()
+    workdir_rules.write_json(run / workdir_rules.RUN, {"fingerprint": FP})
+    workdir_rules.write_json(run / workdir_rules.RESULTS, {"fingerprint": FP})
+    read_text = type(run).read_text
+
+    def denied(self, *args, **kwargs):
+        if self.name == workdir_rules.RESULTS:
+            raise PermissionError(errno.EACCES, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(run), "read_text", denied)
+    with pytest.raises(PermissionError):  # never "pending" or "partial": that would redo the run
+        workdir_rules.status(run, FP)
+
+
 def test_write_json_is_atomic(tmp_path, monkeypatch):
     path = tmp_path / "results.json"
     workdir_rules.write_json(path, {"a": 1})

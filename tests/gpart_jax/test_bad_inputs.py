@@ -254,6 +254,21 @@ PEFT = [
 ]
 
 
+def test_an_unreadable_adapter_is_a_permission_error_not_damage(tmp_path, monkeypatch):
+    directory = adapter(tmp_path)
+    read_text = pathlib.Path.read_text
+
+    def denied(self, *args, **kwargs):  # root reads through chmod: fail as a denied read does
+        if self.name == "adapter.json":
+            raise PermissionError(13, "Permission denied", str(self))
+        return read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "read_text", denied)
+    with pytest.raises(gj.AdapterError, match="permission denied.*fix the permissions") as info:
+        gj.load_adapter(directory)
+    assert not isinstance(info.value, gj.AdapterCorruptError)
+
+
 def snapshot(root: pathlib.Path) -> dict:
     return {str(p.relative_to(root)): (p.is_dir(), p.stat().st_mtime_ns,
                                        None if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest())
