@@ -535,7 +535,7 @@ def _explicit_specs(bases) -> tuple | None:
     to the partitioner (each shard's partial d-vector, then an all-reduce of d floats). ``None``
     when no base leaf is sharded over an Explicit axis.
     """
-    shardings = [getattr(jax.typeof(b), "sharding", None) for b in bases]
+    shardings = [_sharding_of(b) for b in bases]
     meshes = {s.mesh for s in shardings if s is not None and s.mesh.explicit_axes}
     if len(meshes) != 1:
         return None
@@ -543,6 +543,15 @@ def _explicit_specs(bases) -> tuple | None:
     if not any(s is not None and any(a is not None for a in s) for s in specs):
         return None
     return meshes.pop(), specs
+
+
+def _sharding_of(leaf):
+    """The leaf's sharding as its type carries it; ``None`` for what JAX cannot type (an
+    array-like that converts only through ``jnp.asarray``, as ``apply`` does)."""
+    try:
+        return getattr(jax.typeof(leaf), "sharding", None)
+    except (TypeError, ValueError):
+        return None
 
 
 def _in_auto_mode(mesh, fun, out_sharding, *args):

@@ -367,6 +367,28 @@ def test_nnx_model_round_trip():
     assert grad.shape == (6,) and np.any(grad != 0)
 
 
+def test_apply_takes_array_like_base_leaves():
+    """A base leaf JAX cannot type (an object with ``__jax_array__``, as lazy loaders return)
+    is converted, not refused while looking for its sharding."""
+    class Lazy:
+        def __init__(self, array):
+            self.array, self.shape, self.dtype, self.ndim = array, array.shape, array.dtype, array.ndim
+
+        def __jax_array__(self):
+            return jnp.asarray(self.array)
+
+        def __array__(self, dtype=None, copy=None):
+            return self.array
+
+    base = small_params()
+    gp = gj.GPart.create(base, d=7, targets=TARGETS)
+    theta = jnp.arange(7.0, dtype=jnp.float32)
+    lazy = jax.tree.map(lambda a: Lazy(np.asarray(a)), base)
+    for got, want in zip(jax.tree.leaves(gp.apply(theta, lazy)), jax.tree.leaves(gp.apply(theta, base)),
+                         strict=True):
+        np.testing.assert_array_equal(got, want)
+
+
 # --------------------------------------------------------------------------- spec, summary
 
 def test_spec_round_trip():
