@@ -2,6 +2,7 @@
 
 import sys
 
-from experiments.cli import main
+from experiments.cli import main, quiet_writer_threads
 
+quiet_writer_threads()
 sys.exit(main())

@@ -16,14 +16,16 @@ be read because of permissions or I/O is an ``OSError``, never taken for damage.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import pathlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import jax
 import numpy as np
 
+from gpart_jax import files
 from gpart_jax.paths import leaves_with_paths
 
 DAMAGED = "damaged_checkpoints"  # next to the checkpoints directory: steps that did not verify
@@ -59,15 +61,19 @@ def non_finite(tree) -> list[str]:
 def _raise_if_unreadable(error: BaseException, step: int, directory: pathlib.Path) -> None:
     """Re-raise as ``OSError`` when ``error`` (or what caused it) is a permission or I/O error:
     a file that cannot be read now is not a damaged file, and must not be moved aside."""
-    seen = error
-    while seen is not None:
+    for seen in error_chain(error):
         if isinstance(seen, OSError) and not isinstance(seen, (FileNotFoundError, IsADirectoryError,
                                                                NotADirectoryError)):
             raise OSError(seen.errno, f"checkpoint {step} in {directory} cannot be read "
                           f"({seen.strerror or seen}); fix the permissions or the storage, then "
                           f"run again: nothing was moved or deleted", seen.filename) from error
-        seen = seen.__cause__ or seen.__context__
-    return None
+
+
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and what caused it, outermost first."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 class RunCheckpointer:
@@ -124,10 +130,23 @@ class RunCheckpointer:
         if metrics is not None:
             info["metrics"] = metrics
         ocp = self._ocp
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), info=ocp.args.JsonSave(info)),
-            metrics=metrics, force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), info=ocp.args.JsonSave(info)),
+                metrics=metrics, force=True)
+            self._manager.wait_until_finished()
+        except Exception as e:
+            # orbax's writer threads may still be at work on this step: let them end (and log)
+            # before the error goes up, so that nothing of the failed save runs after it
+            with contextlib.suppress(Exception):
+                self._manager.wait_until_finished()
+            full = next((x for x in error_chain(e) if files.disk_full(x)), None)
+            if full is None:
+                raise
+            # orbax's array writer says ValueError("RESOURCE_EXHAUSTED ... [os_error_code='28']")
+            raise OSError(files.os_errno(full), f"the disk is full: checkpoint {step} was not "
+                          f"written (the step stays unpublished, earlier steps are intact); free "
+                          f"some space and run again", str(self.directory)) from e
 
     def latest_step(self) -> int | None:
         return self._manager.latest_step()

@@ -229,6 +229,36 @@ def cmd_params(cfg) -> int:
     return 0
 
 
+def quiet_writer_threads() -> None:
+    """Keep a command's process to its one error line when orbax's writer threads fail.
+
+    For ``python -m experiments`` (the process, not ``main``): on a full disk, orbax's writer
+    threads log the error as an absl ERROR with its traceback before it reaches the command,
+    which reports it in one line (``the disk is full: ...``); and tensorstore's callbacks of the
+    failed write, arriving after orbax closed its event loop, print ``RuntimeError: Event loop
+    is closed`` tracebacks as unraisable exceptions, up to the process's exit. Both are dropped;
+    every other record and unraisable exception goes through.
+    """
+    import logging
+
+    def keep(record: logging.LogRecord) -> bool:
+        if not record.exc_info:
+            return True
+        from experiments.checkpoints import error_chain  # loaded by then: orbax logged
+        from gpart_jax import files
+
+        return not any(files.disk_full(e) for e in error_chain(record.exc_info[1]))
+
+    logging.getLogger("absl").addFilter(keep)
+    previous = sys.unraisablehook
+
+    def unraisable(info) -> None:
+        if not (isinstance(info.exc_value, RuntimeError) and str(info.exc_value) == "Event loop is closed"):
+            previous(info)
+
+    sys.unraisablehook = unraisable
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run ``argv`` (the subcommand first); returns the exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)

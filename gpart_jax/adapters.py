@@ -28,6 +28,7 @@ verified artifact to keep and share.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -328,9 +329,10 @@ def _publish(directory: pathlib.Path, manifest: dict, trainable_arrays, saved_ar
         if files.disk_full(e):
             raise AdapterError(f"the disk is full: adapter {directory} was not written (the previous "
                                f"one, if any, is intact); free some space and save again") from None
-        if isinstance(e, PermissionError):
+        if files.os_errno(e) in (errno.EACCES, errno.EPERM):
             raise AdapterError(f"cannot write adapter {directory}: permission denied "
-                               f"({e.strerror}); fix the permissions or choose another directory") from None
+                               f"({os.strerror(files.os_errno(e))}); fix the permissions or choose "
+                               f"another directory") from None
         raise
     for entry in directory.iterdir():  # the old tensors and any leftovers of killed saves
         if _OURS.match(entry.name) and entry.name not in (MANIFEST, LOCK, manifest["tensors"]):

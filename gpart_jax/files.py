@@ -16,6 +16,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 import socket
 import tempfile
 
@@ -83,8 +84,26 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
 
 
 def disk_full(error: BaseException) -> bool:
-    """True for the ``OSError`` of a full disk or exhausted quota."""
-    return isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT)
+    """True for the error of a full disk or exhausted quota, as an ``OSError`` or as a native
+    writer reports it (see ``os_errno``)."""
+    return os_errno(error) in (errno.ENOSPC, errno.EDQUOT)
+
+
+# The OS error number in the text of native writers' errors: safetensors (Rust) ends its
+# message in "(os error N)", tensorstore (orbax's array writer) in "[os_error_code='N']".
+_OS_ERROR_TEXT = re.compile(r"\(os error (\d+)\)|\[os_error_code='(\d+)'\]")
+
+
+def os_errno(error: BaseException) -> int | None:
+    """The operating system's error number behind ``error``, or ``None``.
+
+    An ``OSError`` carries it. safetensors' ``SafetensorError`` and tensorstore's ``ValueError``
+    carry it only in their text, so that a full disk under them would otherwise look like a bug.
+    """
+    if isinstance(error, OSError):
+        return error.errno
+    match = _OS_ERROR_TEXT.search(str(error))
+    return int(match.group(1) or match.group(2)) if match else None
 
 
 class PathLock:
@@ -122,9 +141,12 @@ class PathLock:
             if same:
                 break
             os.close(fd)  # the holder removed this file as we locked it: lock the new one
-        os.ftruncate(fd, 0)
-        os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
-        os.fsync(fd)
+        # The holder's name, for a second writer's error. The flock alone excludes: on a full
+        # disk the lock still holds, and only its holder goes unnamed ("an unknown process").
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps({"pid": os.getpid(), "host": socket.gethostname()}).encode())
+            os.fsync(fd)
         self._fd = fd
         return self
 

@@ -24,6 +24,7 @@ from gpart_jax import adapters, files
 from gpart_jax.paths import leaves_with_paths
 from tests.gpart_jax import saver
 from tests.gpart_jax.tiny_model import METHOD_OPTIONS, build, random_like, tiny_setup, trained_head
+from tests.tmpfs import tmpfs
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 
@@ -497,6 +498,25 @@ def test_a_full_disk_leaves_the_old_adapter(tmp_path, monkeypatch, gpart_adapter
     monkeypatch.undo()
     gj.save_adapter(tmp_path / "a", method, theta * 5, overwrite=True)  # space again: it saves
     np.testing.assert_array_equal(gj.load_adapter(tmp_path / "a").trainable, theta * 5)
+
+
+def test_a_real_full_disk_leaves_the_old_adapter(tmp_path, gpart_adapter):
+    """On a tmpfs filled to the last page: the save fails with the disk named, the old adapter
+    loads as it was, nothing of the new one is left, and once there is space the save succeeds."""
+    method, theta, head = gpart_adapter
+    with tmpfs(tmp_path / "disk", kib=256) as disk:
+        gj.save_adapter(disk.path / "a", method, theta, saved=head)
+        before = {p.name: p.read_bytes() for p in (disk.path / "a").iterdir()}
+        disk.fill()
+        with pytest.raises(gj.AdapterError, match="the disk is full.*previous one, if any, is intact"):
+            gj.save_adapter(disk.path / "a", method, theta * 5, saved=head, overwrite=True)
+        assert {p.name: p.read_bytes() for p in (disk.path / "a").iterdir()} == before
+        assert sorted(p.name for p in disk.path.iterdir()) == ["a", "filler"]  # no temporary left
+        loaded = gj.load_adapter(disk.path / "a")
+        np.testing.assert_array_equal(loaded.trainable, theta)
+        disk.free()
+        gj.save_adapter(disk.path / "a", method, theta * 5, saved=head, overwrite=True)
+        np.testing.assert_array_equal(gj.load_adapter(disk.path / "a").trainable, theta * 5)
 
 
 def test_a_full_disk_on_a_first_save_leaves_a_reusable_directory(tmp_path, monkeypatch, gpart_adapter):

@@ -10,8 +10,10 @@ import subprocess
 import sys
 
 import pytest
+from safetensors import SafetensorError
 
 from gpart_jax import files
+from tests.tmpfs import tmpfs
 
 FILES_PY = pathlib.Path(files.__file__)
 
@@ -74,6 +76,12 @@ def test_disk_full():
     assert files.disk_full(OSError(errno.EDQUOT, "quota"))
     assert not files.disk_full(OSError(errno.EACCES, "denied"))
     assert not files.disk_full(ValueError("no"))
+    # safetensors' writer reports the OS error in its text (found on a real full tmpfs)
+    assert files.disk_full(SafetensorError("Error while serializing: I/O error: No space left on "
+                                           f"device (os error {errno.ENOSPC})"))
+    assert files.os_errno(SafetensorError(f"I/O error: Permission denied (os error {errno.EACCES})")) \
+        == errno.EACCES
+    assert files.os_errno(SafetensorError("header too large")) is None
 
 
 # --------------------------------------------------------------------------- PathLock
@@ -93,6 +101,19 @@ def test_a_second_holder_is_refused_naming_the_first(tmp_path):
     with files.PathLock(lock_file, "thing T"):  # released: free again
         pass
     assert lock_file.exists()  # kept (remove=False)
+
+
+def test_a_lock_on_a_full_disk_still_excludes(tmp_path):
+    """Only the holder's name needs space; the lock itself holds (found on a real full tmpfs,
+    where taking a new lock file raised ENOSPC)."""
+    with tmpfs(tmp_path / "disk", kib=64) as disk:
+        disk.fill()
+        lock_file = disk.path / ".out.lock"
+        with files.PathLock(lock_file, "output O", remove=True):
+            with pytest.raises(files.LockedError, match=r"output O is being written by another "
+                                                        r"process \(an unknown process\)"):
+                files.PathLock(lock_file, "output O").acquire()
+        assert not lock_file.exists()
 
 
 def test_holder_of_an_unreadable_lock_file(tmp_path):

@@ -23,6 +23,7 @@ from tests.gpart_jax.interop.helpers import (
     listing,
     write_adapter,
 )
+from tests.tmpfs import tmpfs
 
 
 def test_read_the_golden_adapter(expected):
@@ -157,6 +158,21 @@ def test_a_failed_write_leaves_nothing_and_the_old_adapter(tmp_path, monkeypatch
         write_reference_adapter(out, dataclasses.replace(golden, theta=golden.theta * 2), overwrite=True)
     assert_same_reference_adapter(read_reference_adapter(out), golden)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old"]
+
+
+def test_a_real_full_disk_leaves_the_old_adapter(tmp_path):
+    """On a tmpfs filled to the last page (safetensors' writer then raises its own error type)."""
+    golden = read_reference_adapter(ADAPTER)
+    with tmpfs(tmp_path / "disk", kib=1024) as disk:
+        out = write_reference_adapter(disk.path / "old", golden)
+        disk.fill()
+        with pytest.raises(InteropError, match="the disk is full"):
+            write_reference_adapter(out, dataclasses.replace(golden, theta=golden.theta * 2), overwrite=True)
+        assert_same_reference_adapter(read_reference_adapter(out), golden)
+        assert sorted(p.name for p in disk.path.iterdir()) == ["filler", "old"]  # no temporaries
+        disk.free()
+        write_reference_adapter(out, dataclasses.replace(golden, theta=golden.theta * 2), overwrite=True)
+        np.testing.assert_array_equal(read_reference_adapter(out).theta, golden.theta * 2)
 
 
 def test_a_second_writer_is_refused(tmp_path):
