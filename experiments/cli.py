@@ -233,11 +233,12 @@ def quiet_writer_threads() -> None:
     """Keep a command's process to its one error line when orbax's writer threads fail.
 
     For ``python -m experiments`` (the process, not ``main``): on a full disk, orbax's writer
-    threads log the error as an absl ERROR with its traceback before it reaches the command,
-    which reports it in one line (``the disk is full: ...``); and tensorstore's callbacks of the
-    failed write, arriving after orbax closed its event loop, print ``RuntimeError: Event loop
-    is closed`` tracebacks as unraisable exceptions, up to the process's exit. Both are dropped;
-    every other record and unraisable exception goes through.
+    threads log the error with its traceback (an absl ERROR, or asyncio's "Task exception was
+    never retrieved") around the command's own report of it in one line (``the disk is full:
+    ...``); and tensorstore's callbacks of the failed write, arriving after orbax closed its
+    event loop, print ``RuntimeError: Event loop is closed`` tracebacks as unraisable
+    exceptions, up to the process's exit. These are dropped; every other record and unraisable
+    exception goes through.
     """
     import logging
 
@@ -249,7 +250,8 @@ def quiet_writer_threads() -> None:
 
         return not any(files.disk_full(e) for e in error_chain(record.exc_info[1]))
 
-    logging.getLogger("absl").addFilter(keep)
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).addFilter(keep)
     previous = sys.unraisablehook
 
     def unraisable(info) -> None:

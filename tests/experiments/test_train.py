@@ -512,8 +512,9 @@ def test_a_real_full_disk_is_one_line_and_the_next_run_resumes(reference, task, 
 @pytest.mark.parametrize("kib", [64, 96, 128])
 def test_a_real_full_disk_in_a_process_is_one_line(tmp_path, cache, kib):
     """In a process of its own, orbax's writer threads log the full disk with a traceback (absl
-    ERROR), and tensorstore's late callbacks print ``Event loop is closed`` tracebacks, before
-    and after the command's error (seen in 3 of 5 such runs): the one line is all that shows."""
+    ERROR, or asyncio's "Task exception was never retrieved"), and tensorstore's late callbacks
+    print ``Event loop is closed`` tracebacks, before and after the command's error (seen in 3
+    of 5 such runs, and once in CI): the one line is all that shows."""
     with tmpfs(tmp_path / "disk", kib=kib) as disk:
         run = subprocess.run(train_command(disk.path / "run", *EXTRA), cwd=ROOT, env=env(cache),
                              capture_output=True, text=True, timeout=600)
@@ -538,7 +539,7 @@ def test_a_full_disk_inside_a_checkpoint_save(reference, task, tmp_path, capsys,
     monkeypatch.setattr(json_handler.JsonCheckpointHandler, "_save_fn", full)
     code, err = cli_train(workdir := tmp_path / "run", capsys)
     line = error_line(err)
-    assert code == 2 and "No space left on device" in line, line
+    assert code == 2 and "the disk is full: checkpoint 6 was not written" in line, line
     with RunCheckpointer(workdir / workdir_rules.CHECKPOINTS,
                          config_fingerprint=fingerprint(cfg_of(workdir))) as c:
         assert c.all_steps() == [3, 4]  # step 6 only ever in orbax's unpublished temporary directory
