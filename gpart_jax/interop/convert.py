@@ -170,16 +170,26 @@ def export_imported(adapter_dir: str | os.PathLike, out_dir: str | os.PathLike, 
     """
     loaded = load_adapter(adapter_dir)
     peft = loaded.metadata.get("extra", {}).get("peft")
-    if not isinstance(peft, dict) or not {"config", "prefix", "modules"} <= set(peft):
+    if not isinstance(peft, dict):
         raise InteropError(f"{adapter_dir} was not imported from a reference adapter (its manifest "
                            f"has no extra.peft); an adapter trained on flax params is exported with "
                            f"gpart_jax.interop.export_adapter(out_dir, gpart, theta, name_map)")
+    missing = sorted({"config", "prefix", "modules"} - set(peft))
+    if missing:
+        raise InteropError(f"{adapter_dir}: its record of the reference adapter (extra.peft in its "
+                           f"manifest) lacks {missing}; import the reference adapter again "
+                           f"(gpart-jax peft import)")
     config = GPartConfig.from_dict(peft["config"], source=f"{adapter_dir}: extra.peft.config")
     shapes: dict[str, tuple[int, ...]] = {}
-    for m, w, b in peft["modules"]:
-        shapes[m + ".weight"] = tuple(w)
-        if b is not None:
-            shapes[m + ".bias"] = tuple(b)
+    try:
+        for m, w, b in peft["modules"]:
+            shapes[m + ".weight"] = tuple(int(n) for n in w)
+            if b is not None:
+                shapes[m + ".bias"] = tuple(int(n) for n in b)
+    except (TypeError, ValueError):
+        raise InteropError(f"{adapter_dir}: extra.peft.modules in its manifest is not a list of "
+                           f"[module, weight shape, bias shape or null]; import the reference "
+                           f"adapter again (gpart-jax peft import)") from None
     plan = plan_modules(config, shapes, module_order=[m for m, _, _ in peft["modules"]],
                         prefix=peft["prefix"])
     if plan.gpart.fingerprint != loaded.method.spec().get("fingerprint"):

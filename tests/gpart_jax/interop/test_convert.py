@@ -175,6 +175,29 @@ def test_export_imported_gives_back_the_reference_adapter(tmp_path, imported):
     assert_same_reference_adapter(read_reference_adapter(out), golden_with_modules)
 
 
+@pytest.mark.parametrize("edit, message", [
+    (lambda peft: peft.pop("modules"), r"lacks \['modules'\]"),
+    (lambda peft: peft.pop("config"), r"lacks \['config'\]"),
+    (lambda peft: peft.__setitem__("modules", 3), "is not a list of"),
+    (lambda peft: peft.__setitem__("modules", [["q", [1, 2]]]), "is not a list of"),
+], ids=["no-modules", "no-config", "modules-not-a-list", "modules-pairs"])
+def test_export_imported_names_what_its_peft_record_lacks(tmp_path, imported, edit, message):
+    """A manifest edited by hand with its sha256 recomputed (so it loads): one clear error."""
+    import shutil
+
+    edited = tmp_path / "edited"
+    shutil.copytree(imported, edited)
+    path = edited / adapters.MANIFEST
+    doc = json.loads(path.read_text())
+    edit(doc["extra"]["peft"])
+    doc["manifest_sha256"] = adapters._manifest_sha256(doc)
+    path.write_text(json.dumps(doc))
+    with pytest.raises(InteropError, match=message) as info:
+        export_imported(edited, tmp_path / "x")
+    assert "gpart-jax peft import" in str(info.value)
+    assert not (tmp_path / "x").exists()
+
+
 def test_export_imported_refuses_an_inconsistent_or_foreign_adapter(tmp_path, imported):
     edited = tmp_path / "edited"
     import shutil
