@@ -48,6 +48,7 @@ from gpart_jax.errors import (
     AdapterError,
     AdapterLockedError,
     LayoutMismatchError,
+    TargetError,
 )
 from gpart_jax.layout import check_params
 from gpart_jax.method import Method
@@ -176,7 +177,33 @@ def read_manifest(directory) -> dict:
     missing = [k for k in ("method", "tensors", "trainable", "saved") if k not in manifest]
     if missing:
         raise AdapterCorruptError(f"{path} lacks {missing}: the adapter is incomplete")
+    invalid = _invalid_fields(manifest)
+    if invalid:
+        raise AdapterCorruptError(f"{path}: {invalid}, which save_adapter never writes: the manifest "
+                                  f"was edited or written by another tool; save the adapter again")
     return manifest
+
+
+_TENSORS = re.compile(r"^tensors-[0-9a-f]{32}\.safetensors$")
+
+
+def _invalid_fields(manifest: dict) -> str | None:
+    """What in a manifest (whose checksum verifies) is not of the form ``save_adapter`` writes."""
+    if not isinstance(manifest["method"], dict):
+        return f"its method is {type(manifest['method']).__name__}, not a JSON object"
+    if not isinstance(manifest["tensors"], str) or not _TENSORS.match(manifest["tensors"]):
+        return f"its tensors file name {manifest['tensors']!r} is not tensors-<32 hex>.safetensors"
+    for group in ("trainable", "saved"):
+        entries = manifest[group]
+        if not isinstance(entries, list):
+            return f"its {group} is {type(entries).__name__}, not a list"
+        for i, e in enumerate(entries):
+            fields = {"path": str, "shape": list, "dtype": str, "sha256": str}
+            if not isinstance(e, dict) or any(not isinstance(e.get(k), t) for k, t in fields.items()):
+                return f"its {group}[{i}] is not {{path, shape, dtype, sha256}}"
+            if any(not isinstance(n, int) or isinstance(n, bool) or n < 0 for n in e["shape"]):
+                return f"its {group}[{i}] has shape {e['shape']!r}"
+    return None
 
 
 def _write_tensors(target: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
@@ -374,11 +401,14 @@ def _load(directory: pathlib.Path, manifest: dict, base_params, method) -> Adapt
     try:
         rebuilt = methods.from_spec(spec, base_params if base_params is not None
                                     else _shapes_of(spec))
-    except LayoutMismatchError:
+    except (LayoutMismatchError, TargetError):  # the base does not fit: said as such
         raise
-    except (KeyError, TypeError) as e:
+    except (KeyError, TypeError, ValueError, AttributeError, IndexError) as e:
+        # the manifest verifies (its sha256 was recomputed), but its method record is not one
+        # that save_adapter writes: edited by hand or written by another tool
         raise AdapterCorruptError(f"{directory / MANIFEST}: the method description is incomplete "
-                                  f"({type(e).__name__}: {e})") from None
+                                  f"or invalid ({type(e).__name__}: {e}); the manifest was edited "
+                                  f"or written by another tool: save the adapter again") from None
     if method is not None and method.spec() != rebuilt.spec():
         raise AdapterError(f"adapter {directory} was written by {_describe_spec(spec)}, not by the "
                            f"given {_describe_spec(method.spec())}")
@@ -415,7 +445,10 @@ def _shapes_of(spec: dict) -> dict:
         *parents, leaf = str(path).split("/")
         for p in parents:
             node = node.setdefault(p, {})
-        node[leaf] = jax.ShapeDtypeStruct(tuple(int(s) for s in shape), np.float32)
+        dims = tuple(int(s) for s in shape)
+        if any(n < 0 for n in dims):
+            raise ValueError(f"adapted leaf {path} has shape {dims}")
+        node[leaf] = jax.ShapeDtypeStruct(dims, np.float32)
     return tree
 
 
