@@ -149,6 +149,17 @@ def differences(expected: Sequence[LayoutEntry], flat: Sequence[tuple[str, Any]]
     return problems
 
 
+def _inside_shard_map_hint() -> str:
+    """Why shapes differ when the caller is inside ``shard_map``: each device sees its block."""
+    manual = jax.sharding.get_abstract_mesh().manual_axes
+    if not manual:
+        return ""
+    return (f" (inside shard_map over {', '.join(manual)}, a base split by in_specs is each "
+            f"device's local block, not the model's shape: pass the base replicated, in_specs "
+            f"P(), or apply the method outside shard_map under jit with the base sharded by "
+            f"NamedSharding, which keeps each delta sharded like its leaf)")
+
+
 def check_params(expected: Sequence[LayoutEntry], flat: Sequence[tuple[str, Any]],
                  what: str, *, arrays: bool = False) -> None:
     """Raise ``LayoutMismatchError`` unless ``flat`` holds every entry's path with its shape, of a
@@ -156,7 +167,8 @@ def check_params(expected: Sequence[LayoutEntry], flat: Sequence[tuple[str, Any]
     also as arrays, not ``jax.ShapeDtypeStruct`` (applying a method needs the weights)."""
     problems = differences(expected, flat)
     if problems:
-        raise LayoutMismatchError(f"base_params does not match {what}: " + "; ".join(problems))
+        raise LayoutMismatchError(f"base_params does not match {what}: " + "; ".join(problems)
+                                  + _inside_shard_map_hint())
     paths = {e.path for e in expected}
     abstract = [p for p, leaf in flat if p in paths and isinstance(leaf, jax.ShapeDtypeStruct)]
     if arrays and abstract:

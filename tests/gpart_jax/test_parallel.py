@@ -201,3 +201,26 @@ def test_the_working_pattern_runs_to_the_end_on_eight_host_devices():
     proc = subprocess.run([sys.executable, "-c", WORKING_PATTERN], capture_output=True, text=True,
                           timeout=240)
     assert proc.returncode == 0 and "done" in proc.stdout, proc.stderr[-2000:]
+
+
+def test_a_base_split_inside_shard_map_is_explained():
+    """Inside shard_map a base split by in_specs is each device's block: the layout error says
+    so and names the two patterns that work (outside it, the shapes alone are reported)."""
+    base = {"params": {"dense": {"kernel": jnp.ones((8, 16))}}}
+    gp = gj.GPart.create(base, d=8, targets="kernel")
+    mesh = Mesh(np.array(jax.devices()[:N_DEV]), ("model",))
+
+    def local(theta, kernel):
+        return gp.apply(theta, {"params": {"dense": {"kernel": kernel}}})["params"]["dense"]["kernel"]
+
+    split = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P(None, "model")),
+                                  out_specs=P(None, "model")))
+    with pytest.raises(gj.LayoutMismatchError, match=r"shape \(8, 2\), expected \(8, 16\) \(inside "
+                                                      r"shard_map over model.*in_specs P\(\).*NamedSharding"):
+        split(jnp.zeros(8), base["params"]["dense"]["kernel"])
+    replicated = jax.jit(jax.shard_map(local, mesh=mesh, in_specs=(P(), P()), out_specs=P()))
+    np.testing.assert_array_equal(replicated(jnp.zeros(8), base["params"]["dense"]["kernel"]),
+                                  base["params"]["dense"]["kernel"])
+    with pytest.raises(gj.LayoutMismatchError) as info:
+        gp.apply(jnp.zeros(8), {"params": {"dense": {"kernel": jnp.ones((8, 2))}}})
+    assert "shard_map" not in str(info.value)
