@@ -12,6 +12,9 @@ from __future__ import annotations
 
 import ast
 import pathlib
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -161,3 +164,44 @@ def test_the_library_never_imports_the_experiments():
             node.value for node in ast.walk(ast.parse(path.read_text()))
             if isinstance(node, ast.Constant) and isinstance(node.value, str)
             and node.value.startswith("experiments.")), path
+
+
+JAX_FREE = ("gpart_jax.files", "gpart_jax.errors", "gpart_jax.cli", "experiments.workdir",
+            "experiments.suite", "experiments.config", "experiments.signals", "experiments.report")
+
+
+@pytest.mark.parametrize("module", JAX_FREE)
+def test_the_write_path_and_the_suite_runner_load_no_jax(module):
+    """The workdir rules, the suite runner and the library's write path import without jax
+    (``gpart_jax`` loads its names on first use), in a process of their own."""
+    code = (f"import sys, {module}; "
+            f"print(sorted(m for m in sys.modules if m.split('.')[0] in ('jax', 'jaxlib', 'flax')))")
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "[]", run.stdout
+
+
+def test_every_exported_name_is_what_its_module_defines_in_any_order():
+    """Each name of ``gpart_jax.__all__`` is the object its module defines, whether it is the
+    first name used, or used after every submodule was imported (a submodule named like an
+    exported function would shadow it: ``merge`` lives in ``gpart_jax.merging`` for that)."""
+    code = textwrap.dedent("""
+        import importlib, pkgutil, sys, types
+        order = sys.argv[1]
+        import gpart_jax as gj
+        if order == "submodules first":
+            for info in pkgutil.walk_packages(gj.__path__, "gpart_jax."):
+                importlib.import_module(info.name)
+        names = [n for n in gj.__all__ if n != "__version__"]
+        if order == "reversed":
+            names = names[::-1]
+        submodules = ("filters", "interop", "layout", "methods", "parallel")
+        bad = [n for n in names if isinstance(getattr(gj, n), types.ModuleType) != (n in submodules)]
+        print(bad)
+    """)
+    for order in ("as listed", "reversed", "submodules first"):
+        run = subprocess.run([sys.executable, "-c", code, order], cwd=ROOT, capture_output=True,
+                             text=True, timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.strip() == "[]", (order, run.stdout)
