@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -51,11 +50,8 @@ def digests(state) -> list[str]:
 
 
 def info_digest(info: dict) -> str:
-    """sha256 of a step's JSON, without its own ``info_sha256``, in canonical form (sorted
-    keys), so that a changed digit in a JSON that still parses is found."""
-    doc = {k: v for k, v in info.items() if k != "info_sha256"}
-    text = json.dumps(doc, sort_keys=True, separators=(",", ":"), allow_nan=True)
-    return hashlib.sha256(text.encode()).hexdigest()
+    """sha256 of a step's JSON, without its own ``info_sha256`` (as an adapter's manifest)."""
+    return files.json_sha256(info, without="info_sha256")
 
 
 def non_finite(tree) -> list[str]:
@@ -71,19 +67,12 @@ def non_finite(tree) -> list[str]:
 def _raise_if_unreadable(error: BaseException, step: int, directory: pathlib.Path) -> None:
     """Re-raise as ``OSError`` when ``error`` (or what caused it) is a permission or I/O error:
     a file that cannot be read now is not a damaged file, and must not be moved aside."""
-    for seen in error_chain(error):
+    for seen in files.error_chain(error):
         if isinstance(seen, OSError) and not isinstance(seen, (FileNotFoundError, IsADirectoryError,
                                                                NotADirectoryError)):
             raise OSError(seen.errno, f"checkpoint {step} in {directory} cannot be read "
                           f"({seen.strerror or seen}); fix the permissions or the storage, then "
                           f"run again: nothing was moved or deleted", seen.filename) from error
-
-
-def error_chain(error: BaseException | None) -> Iterator[BaseException]:
-    """``error`` and what caused it, outermost first."""
-    while error is not None:
-        yield error
-        error = error.__cause__ or error.__context__
 
 
 class RunCheckpointer:
@@ -151,7 +140,7 @@ class RunCheckpointer:
             # before the error goes up, so that nothing of the failed save runs after it
             with contextlib.suppress(Exception):
                 self._manager.wait_until_finished()
-            full = next((x for x in error_chain(e) if files.disk_full(x)), None)
+            full = next((x for x in files.error_chain(e) if files.disk_full(x)), None)
             if full is None:
                 raise
             # orbax's array writer says ValueError("RESOURCE_EXHAUSTED ... [os_error_code='28']")

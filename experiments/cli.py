@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import pathlib
 import sys
 
@@ -195,8 +194,7 @@ def _publish_merged(out_dir: pathlib.Path, flat: dict, record: dict) -> None:
             save_file(flat, str(tmp / "params.safetensors"))
             workdir.write_json(tmp / "merge.json", record)
             files.fsync_tree(tmp)
-            os.rename(tmp, out_dir)
-            files.fsync_dir(out_dir.parent)
+            files.publish_dir(tmp, out_dir)  # out_dir does not exist (under the lock): one rename
         except BaseException as e:
             shutil.rmtree(tmp, ignore_errors=True)
             if files.disk_full(e):  # safetensors' writer says it as SafetensorError
@@ -262,13 +260,11 @@ def quiet_writer_threads() -> None:
     """
     import logging
 
-    def keep(record: logging.LogRecord) -> bool:
-        if not record.exc_info:
-            return True
-        from experiments.checkpoints import error_chain  # loaded by then: orbax logged
-        from gpart_jax import files
+    from gpart_jax import files  # the write path only: no jax
 
-        return not any(files.disk_full(e) for e in error_chain(record.exc_info[1]))
+    def keep(record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        return not any(files.disk_full(e) for e in files.error_chain(error))
 
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(keep)

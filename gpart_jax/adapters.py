@@ -85,8 +85,7 @@ def _sha256(x) -> str:
 
 
 def _manifest_sha256(manifest: dict) -> str:
-    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
-    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return files.json_sha256(manifest, without="manifest_sha256")
 
 
 def _describe(entries: list[tuple[str, np.ndarray]]) -> list[dict]:

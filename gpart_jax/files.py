@@ -13,12 +13,14 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import hashlib
 import json
 import os
 import pathlib
 import re
 import socket
 import tempfile
+from collections.abc import Iterator
 
 
 class LockedError(OSError):
@@ -81,6 +83,21 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
         raise
     fsync_dir(path.parent)
     return path
+
+
+def json_sha256(doc: dict, without: str) -> str:
+    """sha256 of ``doc`` as canonical JSON (sorted keys, no spaces), leaving out the key
+    ``without`` where the document keeps its own checksum: an adapter's manifest, a run
+    checkpoint's JSON. A changed value that still parses is found by it."""
+    body = {k: v for k, v in doc.items() if k != without}
+    return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def error_chain(error: BaseException | None) -> Iterator[BaseException]:
+    """``error`` and what caused it, outermost first."""
+    while error is not None:
+        yield error
+        error = error.__cause__ or error.__context__
 
 
 def disk_full(error: BaseException) -> bool:
