@@ -59,9 +59,10 @@ FORMAT = "gpart-jax-adapter"
 FORMAT_VERSION = 2
 MANIFEST = "adapter.json"
 LOCK = ".lock"
-# what a save writes (a killed save may leave a tensors file that no manifest names yet)
+# what a save writes (a killed save may leave a tensors file that no manifest names yet, or the
+# staging directory of one)
 _OURS = re.compile(r"^(adapter\.json|\.lock|tensors-[0-9a-f]{32}\.safetensors|"
-                   r"\.adapter\.json\.[^/]*\.tmp)$")
+                   r"\.tensors-[0-9a-f]{32}\.tmp|\.adapter\.json\.[^/]*\.tmp)$")
 
 
 class Adapter(NamedTuple):
@@ -206,14 +207,26 @@ def _invalid_fields(manifest: dict) -> str | None:
 
 
 def _write_tensors(target: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
-    """Write ``arrays`` to the new file ``target`` (safetensors) and flush it to disk."""
+    """Write ``arrays`` to the new file ``target`` (safetensors) and flush it to disk.
+
+    safetensors' writer (0.8) writes through a temporary file of its own (``.tmpXXXXXX``) next
+    to the file it is given, which a kill leaves behind; in the adapter's directory that would
+    be a file no save may remove. So it writes in a staging directory of ours,
+    ``.tensors-<id>.tmp/``, which a killed save leaves and the next save removes.
+    """
     from safetensors.numpy import save_file
 
-    save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(target),
-              metadata={"format": FORMAT})
-    with open(target, "rb+") as f:
-        os.fsync(f.fileno())
-    files.fsync_dir(target.parent)
+    staging = target.with_name(f".{target.stem}.tmp")
+    staging.mkdir()
+    try:
+        save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(staging / target.name),
+                  metadata={"format": FORMAT})
+        os.rename(staging / target.name, target)
+        with open(target, "rb+") as f:
+            os.fsync(f.fileno())
+        files.fsync_dir(target.parent)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 def _read_tensors(source: pathlib.Path) -> dict[str, np.ndarray]:

@@ -519,6 +519,41 @@ def test_a_real_full_disk_leaves_the_old_adapter(tmp_path, gpart_adapter):
         np.testing.assert_array_equal(gj.load_adapter(disk.path / "a").trainable, theta * 5)
 
 
+def test_the_tensors_writer_leaves_nothing_of_its_own_next_to_the_adapter(tmp_path, monkeypatch,
+                                                                          gpart_adapter):
+    """safetensors' writer goes through a temporary file of its own (``.tmpXXXXXX``) beside the
+    file it is given; a SIGKILL then left it in the adapter's directory, which refused every later
+    save as "not an adapter's" (seen in the random-kill test). It now writes in a staging
+    directory of ours, and what a killed save leaves there the next save removes."""
+    method, theta, head = gpart_adapter
+    gj.save_adapter(tmp_path / "a", method, theta, saved=head)
+    seen = set()
+    real = adapters._write_tensors
+
+    def watching(target, arrays):
+        import safetensors.numpy
+
+        save_file = safetensors.numpy.save_file
+
+        def save_and_look(tensors, filename, metadata=None):
+            save_file(tensors, filename, metadata=metadata)
+            seen.update(os.listdir(target.parent))
+        monkeypatch.setattr(safetensors.numpy, "save_file", save_and_look)
+        real(target, arrays)
+    monkeypatch.setattr(adapters, "_write_tensors", watching)
+    gj.save_adapter(tmp_path / "a", method, theta * 2, saved=head, overwrite=True)
+    assert any(n.startswith(".tensors-") and n.endswith(".tmp") for n in seen), seen
+    monkeypatch.undo()
+    # what a kill inside safetensors' writer leaves: our staging directory and its temporary
+    leftover = tmp_path / "a" / f".tensors-{'0' * 32}.tmp"
+    leftover.mkdir()
+    (leftover / ".tmpAbC123").write_bytes(b"partial")
+    gj.save_adapter(tmp_path / "a", method, theta * 3, saved=head, overwrite=True)
+    np.testing.assert_array_equal(gj.load_adapter(tmp_path / "a").trainable, theta * 3)
+    tensors = gj.read_manifest(tmp_path / "a")["tensors"]
+    assert entries(tmp_path / "a") == sorted([".lock", "adapter.json", tensors])
+
+
 def test_a_full_disk_on_a_first_save_leaves_a_reusable_directory(tmp_path, monkeypatch, gpart_adapter):
     method, theta, _ = gpart_adapter
     monkeypatch.setattr(adapters, "_write_tensors", enospc)
