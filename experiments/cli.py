@@ -255,16 +255,22 @@ def quiet_writer_threads() -> None:
     never retrieved") around the command's own report of it in one line (``the disk is full:
     ...``); and tensorstore's callbacks of the failed write, arriving after orbax closed its
     event loop, print ``RuntimeError: Event loop is closed`` tracebacks as unraisable
-    exceptions, up to the process's exit. These are dropped; every other record and unraisable
-    exception goes through.
+    exceptions, up to the process's exit. A writer thread still running when the interpreter
+    shuts down after that error logs ``cannot schedule new futures after interpreter shutdown``
+    (an absl ERROR with a traceback, seen once in a full-disk test). These are dropped; every
+    other record and unraisable exception goes through.
     """
     import logging
 
     from gpart_jax import files  # the write path only: no jax
 
+    def noise(e: BaseException) -> bool:
+        return files.disk_full(e) or (
+            isinstance(e, RuntimeError) and "after interpreter shutdown" in str(e))
+
     def keep(record: logging.LogRecord) -> bool:
         error = record.exc_info[1] if record.exc_info else None
-        return not any(files.disk_full(e) for e in files.error_chain(error))
+        return not any(noise(e) for e in files.error_chain(error))
 
     for name in ("absl", "asyncio"):
         logging.getLogger(name).addFilter(keep)

@@ -279,7 +279,8 @@ class GPart(Method):
                     layout.fingerprint(entries, d, scheme, scope), sizes)
         gp = cls(plan, jnp.asarray(_scales(sizes, isometric)), tables, None)
         if materialize:
-            gp = gp.replace(ids=jax.jit(GPart._all_recomputed_ids)(gp))
+            ids = jax.jit(lambda gp: tuple(i.astype(jnp.int32) for i in gp._all_recomputed_ids()))
+            gp = gp.replace(ids=ids(gp))
         return gp
 
     def spec(self) -> dict:
@@ -367,19 +368,22 @@ class GPart(Method):
 
     # ------------------------------------------------------------------ ids
     def _recompute_ids(self, i: int):
-        """Global ``int32`` group ids of layout entry ``i``, in the leaf's own shape."""
+        """Global ``uint32`` group ids of layout entry ``i``, in the leaf's own shape.
+
+        Unsigned, the hashes' own type: a signed copy would be one more leaf-sized buffer.
+        """
         plan = self.plan
         entry, block = plan.layout[i], plan.blocks[plan.leaf_block[i]]
         local = _local_index(entry)
         offset = plan.leaf_offset[i]
         if plan.scheme == "stateless":
             base = (offset + block.seed + hashing.GOLDEN_GAMMA) & hashing.MASK64
-            ids = hashing.stateless_ids_jax(local, base, block.d)
+            ids = hashing.stateless_ids_jax(local, base, block.d, jnp.uint32)
         else:
             k = plan.leaf_block[i]
             ids = hashing.balanced_ids_jax(local + np.uint32(offset), plan.keys[k],
-                                           jnp.asarray(self.tables[k]), block.d)
-        return ids + np.int32(block.theta_offset) if block.theta_offset else ids
+                                           jnp.asarray(self.tables[k]), block.d, jnp.uint32)
+        return ids + np.uint32(block.theta_offset) if block.theta_offset else ids
 
     def _all_recomputed_ids(self) -> tuple:
         return tuple(self._recompute_ids(i) for i in range(len(self.plan.layout)))
@@ -510,8 +514,30 @@ def _reparam(gp: GPart, theta, seed: int, base_params):
 
 # --------------------------------------------------------------------------- custom VJP
 
+def _flat_indexing() -> bool:
+    """Whether the grouped gather and scatter index flattened leaves (one device) or leaves in
+    their own shape (several devices).
+
+    Flattened, ``(N, 1)`` ids and cotangents are views of the leaves, and XLA:CPU runs the
+    scatter in place on them. In the leaf's own shape XLA:CPU's scatter canonicalisation makes a
+    layout copy of every cotangent (measured in experiments/benchmarks/grouped_sum). But a leaf
+    sharded by columns cannot be flattened without moving it: the SPMD partitioner all-gathers
+    each cotangent first (10 leaf-sized all-gathers in grouped_sum/sharding.py). With one device
+    nothing is sharded, so the flat form is taken exactly then. Both forms visit the elements in
+    the same (row-major) order: the gradient is bit-identical, and so are the weights, except that
+    under ``vmap`` XLA may contract ``w0 + theta_g s_g`` into one FMA in one form only.
+    """
+    return jax.device_count() == 1
+
+
 def _gather(table, ids):
     """``table[ids]`` for in-range ids of any shape (no index normalisation pass)."""
+    if _flat_indexing():
+        dnums = lax.GatherDimensionNumbers(offset_dims=(1,), collapsed_slice_dims=(),
+                                           start_index_map=(0,))
+        flat = lax.gather(table, ids.reshape(-1, 1), dnums, slice_sizes=(1,),
+                          mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
+        return flat.reshape(ids.shape)
     dnums = lax.GatherDimensionNumbers(offset_dims=(), collapsed_slice_dims=(0,),
                                        start_index_map=(0,))
     return lax.gather(table, ids[..., None], dnums, slice_sizes=(1,),
@@ -519,7 +545,12 @@ def _gather(table, ids):
 
 
 def _scatter_add(acc, ids, updates):
-    """``acc[ids] += updates`` for in-range ids of the updates' shape (no reshape or copy)."""
+    """``acc[ids] += updates`` for in-range ids of the updates' shape, in place."""
+    if _flat_indexing():
+        dnums = lax.ScatterDimensionNumbers(update_window_dims=(1,), inserted_window_dims=(),
+                                            scatter_dims_to_operand_dims=(0,))
+        return lax.scatter_add(acc, ids.reshape(-1, 1), updates.reshape(-1, 1), dnums,
+                               mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS)
     dnums = lax.ScatterDimensionNumbers(update_window_dims=(), inserted_window_dims=(0,),
                                         scatter_dims_to_operand_dims=(0,))
     return lax.scatter_add(acc, ids[..., None], updates, dnums,

@@ -270,13 +270,14 @@ def _mod64_const(hi, lo, d: int):
     return r
 
 
-def stateless_ids_jax(local, base, d: int):
+def stateless_ids_jax(local, base, d: int, dtype=jnp.int32):
     """Stateless group ids of positions ``p = offset + local`` inside ``jit`` (no x64 needed).
 
     ``local``: ``uint32`` array of positions relative to ``offset``; ``base``: the 64-bit value
     ``offset + seed + 0x9E3779B97F4A7C15 (mod 2**64)``, as a Python int (a compile-time
-    constant) or as a pair of ``uint32`` scalars ``(hi, lo)`` (a traced value). Returns ``int32``
-    ids in ``[0, d)``.
+    constant) or as a pair of ``uint32`` scalars ``(hi, lo)`` (a traced value). Returns ids in
+    ``[0, d)`` as ``dtype``: ``int32`` or ``uint32`` (the hash's own type, so no conversion
+    pass; ``GPart`` indexes with these).
     """
     if isinstance(base, int):
         base_hi, base_lo = _u32(base >> 32), _u32(base)
@@ -290,7 +291,7 @@ def stateless_ids_jax(local, base, d: int):
     hi, lo = _xorshift64(hi, lo, 27)
     hi, lo = _mul64_const(hi, lo, _MIX2)
     hi, lo = _xorshift64(hi, lo, 31)
-    return lax.convert_element_type(_mod64_const(hi, lo, d), jnp.int32)
+    return _id_dtype(_mod64_const(hi, lo, d), dtype)
 
 
 def _mix32_jax(x):
@@ -307,10 +308,11 @@ def _addmod(a, b, m: int):
     return jnp.where(s >= _u32(m), s - _u32(m), s)
 
 
-def balanced_ids_jax(positions, keys: BalancedKeys, table, d: int):
+def balanced_ids_jax(positions, keys: BalancedKeys, table, d: int, dtype=jnp.int32):
     """Balanced group ids of global positions (``uint32`` array, each ``< N``) inside ``jit``.
 
     ``table`` is ``walk_table(keys)`` as a JAX ``int32`` array (or ``None`` when ``M == N``).
+    Ids are ``dtype``, ``int32`` or ``uint32``, as in ``stateless_ids_jax``.
     """
     x = positions.astype(jnp.uint32)
     a, b = x // _u32(keys.v), x % _u32(keys.v)
@@ -324,4 +326,14 @@ def balanced_ids_jax(positions, keys: BalancedKeys, table, d: int):
         n = _u32(keys.n_total)
         walked = table[jnp.minimum(y - n, _u32(keys.m - keys.n_total - 1)).astype(jnp.int32)]
         y = jnp.where(y >= n, walked.astype(jnp.uint32), y)
-    return lax.convert_element_type(y % _u32(d), jnp.int32)
+    return _id_dtype(y % _u32(d), dtype)
+
+
+def _id_dtype(ids, dtype):
+    """``uint32`` ids (each ``< d < 2**31``) as ``dtype``."""
+    dtype = np.dtype(dtype)
+    if dtype == np.uint32:
+        return ids
+    if dtype != np.int32:
+        raise TypeError(f"dtype must be int32 or uint32, got {dtype}")
+    return lax.convert_element_type(ids, jnp.int32)

@@ -99,6 +99,31 @@ def test_a_console_process_prints_one_line(tmp_path):
     assert "unknown dataset 'nope'" in one_line(proc.stderr)
 
 
+def test_writer_thread_noise_is_dropped_and_other_errors_are_kept(monkeypatch, caplog):
+    """``quiet_writer_threads`` drops the records of orbax's writer threads that follow a full disk
+    (its ENOSPC, or a thread outliving the interpreter), and nothing else."""
+    import errno
+    import logging
+
+    monkeypatch.setattr(sys, "unraisablehook", sys.unraisablehook)
+    logger = logging.getLogger("absl")
+    monkeypatch.setattr(logger, "filters", list(logger.filters))
+    cli.quiet_writer_threads()
+    cases = {
+        "full": OSError(errno.ENOSPC, "No space left on device"),
+        "shutdown": RuntimeError("cannot schedule new futures after interpreter shutdown"),
+        "other runtime": RuntimeError("cannot schedule new futures"),
+        "other": ValueError("a real problem"),
+    }
+    with caplog.at_level(logging.ERROR, logger="absl"):
+        for name, error in cases.items():
+            try:
+                raise error
+            except Exception:
+                logger.error("writer %s", name, exc_info=True)
+    assert [r.getMessage() for r in caplog.records] == ["writer other runtime", "writer other"]
+
+
 def test_eval_out_that_exists_or_is_a_directory(capsys, tmp_path, tiny_adapter):
     (tmp_path / "e.json").write_text("mine")
     (tmp_path / "dir").mkdir()

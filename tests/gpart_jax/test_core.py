@@ -4,7 +4,11 @@ residuals, dropout, dtypes, seeds, specs and bad input."""
 import contextlib
 import io
 import json
+import os
+import pathlib
 import re
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -15,7 +19,7 @@ from flax import nnx
 from jax.ad_checkpoint import print_saved_residuals
 
 import gpart_jax as gj
-from gpart_jax import layout
+from gpart_jax import core, layout
 
 TARGETS = ("query/kernel", "value/kernel", "mlp/kernel")
 CONFIGS = [  # (scheme, scope, materialize, element_order, bias)
@@ -266,6 +270,92 @@ def test_dropout_on_kernel_deltas_only():
         gp.apply(theta, params, dropout=0.1)
     with pytest.raises(ValueError, match=r"dropout must be in \[0, 1\)"):
         gp.apply(theta, params, dropout=1.0, key=key)
+
+
+# ------------------------------------------------------------- the grouped gather and scatter's two forms
+# With one device the ids and cotangents are indexed flattened, as views; with several, in each
+# leaf's own shape, which the SPMD partitioner can split (core._flat_indexing).
+
+def leaf_sized(hlo: str, numel: int) -> list[tuple[str, str]]:
+    """``(dtype, op)`` of each instruction of the compiled entry computation that makes a new
+    array of ``numel`` elements (parameters, bitcasts and tuple accesses excluded); a fusion is
+    named by its root's op."""
+    fused = {m.group(1): m.group(2)
+             for m in re.finditer(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", hlo, re.S)}
+    out = []
+    for line in hlo[hlo.index("\nENTRY"):].splitlines()[1:]:
+        m = re.match(r"\s*(?:ROOT )?%[\w.\-]+ = (\w+)\[([\d,]*)\]\S* ([\w-]+)\(", line)
+        if not m or m.group(3) in ("parameter", "bitcast", "get-tuple-element", "tuple"):
+            continue
+        dtype, dims, op = m.groups()
+        if int(np.prod([int(x) for x in dims.split(",") if x])) != numel:
+            continue
+        if op == "fusion":
+            body = fused[re.search(r"calls=(%[\w.\-]+)", line).group(1)]
+            op = re.search(r"ROOT %[\w.\-]+ = \S+ ([\w-]+)\(", body).group(1)
+        out.append((dtype, op))
+    return out
+
+
+def grouped_sum_step(gp, params):
+    """``(w, grad_theta)`` for a given weight cotangent, as the grouped_sum benchmark times it."""
+    def step(theta, params, cotangent):
+        weights, vjp = jax.vjp(lambda t: gp.apply(t, params), theta)
+        return weights, vjp(cotangent)[0]
+    return jax.jit(step)
+
+
+def check_one_device_backward(leaves=4, shape=(64, 48)):
+    """The one-device form's compiled forward + backward: per leaf one uint32 ids buffer, shared
+    by the gather and the scatter, and the adapted weight; no copy or converted ids. Returns the
+    temporary bytes per weight."""
+    params = {f"layer_{i}": {"kernel": jnp.zeros(shape)} for i in range(leaves)}
+    gp = gj.GPart.create(params, d=100, targets="kernel")
+    theta = jnp.zeros((gp.d,))
+    compiled = grouped_sum_step(gp, params).lower(theta, params, params).compile()
+    made = leaf_sized(compiled.as_text(), int(np.prod(shape)))
+    assert sorted(made) == sorted([("f32", "add")] * leaves + [("u32", "remainder")] * leaves), made
+    return compiled.memory_analysis().temp_size_in_bytes / gp.num_adapted
+
+
+@pytest.mark.parametrize("config", CONFIGS, ids=str)
+def test_flat_and_leaf_shaped_indexing_give_the_same_bits(config, monkeypatch):
+    params = small_params(2)
+    gp = make(config, params=params)
+    theta = jnp.asarray(np.random.default_rng(1).normal(size=gp.d), jnp.float32)
+    cotangent = jax.tree_util.tree_map(lambda x: jnp.cos(x) * 3.0, params)
+    got, hlo = {}, {}
+    for flat in (False, True):
+        monkeypatch.setattr(core, "_flat_indexing", lambda flat=flat: flat)
+        step = grouped_sum_step(gp, params)  # a new function: traced again, not taken from a cache
+        batched = jax.jit(jax.vmap(lambda t: gp.apply(t, params)))(jnp.stack([theta, -theta]))
+        got[flat] = (*step(theta, params, cotangent), batched)
+        hlo[flat] = step.lower(theta, params, cotangent).as_text()
+    assert_trees_equal(got[False][:2], got[True][:2])
+    # under vmap XLA may fuse w0 + theta_g s_g into one FMA in one form and not the other
+    jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2**-23, atol=0),
+                           got[False][2], got[True][2])
+    assert "update_window_dims = [1]" in hlo[True] and "update_window_dims = [1]" not in hlo[False]
+
+
+def test_one_device_backward_has_no_leaf_sized_copies(monkeypatch):
+    monkeypatch.setattr(core, "_flat_indexing", lambda: True)
+    assert check_one_device_backward() <= 4.1  # the ids, 4 bytes a weight
+    monkeypatch.setattr(core, "_flat_indexing", lambda: False)  # what the flat form avoids
+    with pytest.raises(AssertionError, match="copy"):
+        check_one_device_backward()
+
+
+def test_one_device_is_what_selects_the_flat_form():
+    assert jax.device_count() == 8 and not core._flat_indexing()  # tests/conftest.py's 8 devices
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    code = ("import jax; from gpart_jax import core; from tests.gpart_jax import test_core as t; "
+            "assert jax.device_count() == 1 and core._flat_indexing(); "
+            "print(t.check_one_device_backward())")
+    done = subprocess.run([sys.executable, "-c", code], cwd=pathlib.Path(__file__).parents[2],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert float(done.stdout.split()[-1]) <= 4.1
 
 
 # --------------------------------------------------------------------------- init, seeds, jit
