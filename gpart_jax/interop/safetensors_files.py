@@ -88,22 +88,29 @@ def check_output_file(out: Path, inputs: Mapping[str, Path], overwrite: bool) ->
 
 
 def write_file(out: Path, write: Callable[[Path], None]) -> Path:
-    """Write ``out`` with ``write(tmp)`` into a temporary sibling, then rename it into place."""
+    """Write ``out`` with ``write(path)`` in a staging directory beside it, then rename it into place.
+
+    The staging directory, ``.<name>.<random>.tmp/``, holds whatever the writer makes besides its
+    file: safetensors' writer (0.8) goes through a ``.tmpXXXXXX`` file of its own next to its
+    target, which a kill would otherwise leave in the user's folder. A kill at any moment leaves
+    the old ``out`` (or none) and at most that one staging directory, named as ours.
+    """
     out = Path(out)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = staging / out.name
     try:
-        write(Path(tmp))
+        write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, out)
     except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
         if files.disk_full(e):
             raise InteropError(f"the disk is full: {out} was not written (an existing file is "
                                f"intact); free some space and run again") from None
         raise
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     files.fsync_dir(out.parent)
     return out
 

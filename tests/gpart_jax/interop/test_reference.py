@@ -13,6 +13,7 @@ from gpart_jax.interop import (
     GPartConfig,
     ReferenceAdapter,
     read_reference_adapter,
+    safetensors_files,
     write_reference_adapter,
 )
 from gpart_jax.interop.config import THETA_KEY
@@ -194,3 +195,31 @@ def test_saved_modules_round_trip_in_torch_layout(tmp_path):
     save_file(raw, str(out / "adapter_model.safetensors"))  # without metadata, as torch may write it
     back = read_reference_adapter(out)
     np.testing.assert_array_equal(back.saved["head.weight"], saved["head.weight"])
+
+
+def test_a_file_write_killed_inside_the_writer_leaves_the_old_file_and_only_our_staging(tmp_path):
+    """``safetensors_files.write_file`` (peft merge's output) killed while the writer is in its own
+    temporary file, as safetensors' writer makes one (``.tmpXXXXXX`` beside its target): the old
+    file is intact, and the only new entry in its folder is the staging directory named as ours,
+    which holds the writer's temporary; the next write succeeds beside it."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "merged.safetensors"
+    save_file({"w": np.ones(3, np.float32)}, str(out))
+    before = out.read_bytes()
+    code = ("import os, sys, pathlib; from gpart_jax.interop import safetensors_files as s\n"
+            "def killed(path):\n"
+            "    (path.parent / '.tmpAb3xYz').write_bytes(b'partial')\n"
+            "    os._exit(9)\n"
+            "s.write_file(pathlib.Path(sys.argv[1]), killed)\n")
+    done = subprocess.run([sys.executable, "-c", code, str(out)], capture_output=True, timeout=120)
+    assert done.returncode == 9, done.stderr
+    assert out.read_bytes() == before
+    left = [p for p in tmp_path.iterdir() if p != out]
+    assert len(left) == 1 and left[0].is_dir(), left
+    assert left[0].name.startswith(".merged.safetensors.") and left[0].name.endswith(".tmp")
+    assert sorted(p.name for p in left[0].iterdir()) == [".tmpAb3xYz"]
+    safetensors_files.write_file(out, lambda p: save_file({"w": np.zeros(3, np.float32)}, str(p)))
+    np.testing.assert_array_equal(load_file(str(out))["w"], np.zeros(3, np.float32))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([out.name, left[0].name])
