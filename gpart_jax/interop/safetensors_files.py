@@ -96,9 +96,10 @@ def write_file(out: Path, write: Callable[[Path], None]) -> Path:
     the old ``out`` (or none) and at most that one staging directory, named as ours.
     """
     out = Path(out)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    tmp = staging / out.name
+    staging = None
     try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+        tmp = staging / out.name
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
@@ -110,7 +111,8 @@ def write_file(out: Path, write: Callable[[Path], None]) -> Path:
                                f"intact); free some space and run again") from None
         raise
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     files.fsync_dir(out.parent)
     return out
 

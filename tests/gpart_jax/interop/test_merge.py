@@ -17,6 +17,7 @@ from tests.gpart_jax.interop.helpers import (
     reference_merge,
     write_adapter,
 )
+from tests.tmpfs import tmpfs
 
 
 def test_golden_merge_matches_the_reference(minilm, expected, golden_merge):
@@ -148,6 +149,16 @@ def two_layer_base(tmp_path, minilm):
     base = tmp_path / "base.safetensors"
     save_file({k: v for k, v in minilm.items() if "layer.0." in k or "layer.1." in k}, str(base))
     return base
+
+
+def test_merge_file_onto_a_real_full_disk_is_one_error_and_leaves_nothing(tmp_path, two_layer_base):
+    """The merged file's folder on a tmpfs with no space left: the clear error, and nothing left
+    there, neither our staging directory nor safetensors' own temporary."""
+    with tmpfs(tmp_path / "disk", kib=1024) as disk:
+        disk.fill()
+        with pytest.raises(InteropError, match="the disk is full"):
+            merge_file(ADAPTER, two_layer_base, disk.path / "merged.safetensors")
+        assert sorted(p.name for p in disk.path.iterdir()) == ["filler"]
 
 
 def test_merge_file_writes_nothing_on_error(tmp_path, two_layer_base):
