@@ -106,6 +106,38 @@ def test_apply_is_w0_plus_p_theta_and_gradient_is_p_transpose_grad_w(config):
                                       get(params, "params/layer_0/query/bias"))
 
 
+@pytest.mark.parametrize("flat", [False, True], ids=["leaf_shaped", "flat"])
+@pytest.mark.parametrize("config", [CONFIGS[0], CONFIGS[3]], ids=str)
+def test_higher_derivatives_are_those_of_w0_plus_p_theta(config, flat, monkeypatch):
+    """The README's claims: reverse mode at any order and forward over reverse (Hessian,
+    Hessian-vector products) give ``P^T H_w P``; forward mode through ``apply`` raises. Against
+    the same loss on ``w0 + P theta`` with the dense ``P`` (float64 numpy)."""
+    monkeypatch.setattr(core, "_flat_indexing", lambda: flat)
+    params = small_params(2)
+    gp = make(config, params=params)
+    p = gp.dense_projection()
+    theta = jnp.asarray(np.random.default_rng(3).normal(size=gp.d), jnp.float32)
+    v = jnp.asarray(np.random.default_rng(4).normal(size=gp.d), jnp.float32)
+
+    def loss(t):  # sum of sin over the adapted leaves: its Hessian in w is diag(-sin w)
+        full = gp.apply(t, params)
+        return sum(jnp.sum(jnp.sin(get(full, e.path))) for e in gp.layout)
+
+    w = flat_global(gp, params) + p @ np.asarray(theta, np.float64)
+    hessian = p.T @ (-np.sin(w)[:, None] * p)
+    tol = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(jax.jit(jax.hessian(loss))(theta), hessian, **tol)
+    np.testing.assert_allclose(jax.jit(jax.jacrev(jax.jacrev(loss)))(theta), hessian, **tol)
+    hvp = jax.jit(lambda t, v: jax.jvp(jax.grad(loss), (t,), (v,))[1])(theta, v)
+    np.testing.assert_allclose(hvp, hessian @ np.asarray(v, np.float64), **tol)
+    for forward_mode in (lambda: jax.jvp(loss, (theta,), (v,)), lambda: jax.jacfwd(loss)(theta)):
+        with pytest.raises(TypeError, match="custom_vjp"):
+            forward_mode()
+    _, linear = jax.linearize(loss, theta)
+    with pytest.raises(TypeError, match="custom_vjp"):
+        linear(v)
+
+
 def test_empty_groups_warn_and_leave_the_used_groups_isometric():
     params = {"w": {"kernel": jnp.zeros((4, 5))}}
     with pytest.warns(UserWarning, match="groups are empty"):
