@@ -25,7 +25,12 @@ Everything the accelerator part of the distributed issue asks for, measured on w
    steps data parallel over all its devices and reports them.
 
 ``--small`` shrinks every size (a 2-layer, 32-wide BERT, N = 2e5) so that the script runs in
-seconds on a CPU; ``tests/experiments/benchmarks/test_accelerator.py`` runs it that way.
+seconds on a CPU; ``tests/experiments/benchmarks/test_accelerator.py`` runs it that way, in a
+process where the packages a lent machine lacks (``ml_collections``, ``tensorflow_datasets``)
+cannot be imported. On a lent machine, from the checkout's root
+(its JAX, flax, optax, orbax-checkpoint and safetensors are already installed there)::
+
+    PYTHONUNBUFFERED=1 python3 -m experiments.benchmarks.accelerator --out $OUT/accelerator.json
 """
 
 from __future__ import annotations
@@ -42,12 +47,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 import gpart_jax as gj
 from experiments.benchmarks.grouped_sum import bench
 from experiments.models import bert, minilm
 from experiments.step import collective_bytes, make_mesh, make_train_step, put_batch, replicate
-from experiments.tasks import classification
 from gpart_jax import files
 
 TARGETS = ("query/kernel", "value/kernel")
@@ -73,12 +78,16 @@ SMALL = Sizes(bert.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=
 
 @dataclasses.dataclass
 class StepTask:
-    """What ``make_train_step`` needs of a task: ``loss_terms``."""
+    """What ``make_train_step`` needs of a task: ``loss_terms``, here the classification loss
+    (``experiments.tasks.classification``'s; that package needs ``ml_collections``, which a lent
+    machine lacks)."""
 
     model: bert.BertForSequenceClassification
 
     def loss_terms(self, params, batch, rng=None):
-        return classification.loss_terms(minilm.logits(self.model, params, batch, rng), batch)
+        logits = minilm.logits(self.model, params, batch, rng)
+        ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"])
+        return jnp.sum(ce * batch["weight"]), jnp.sum(batch["weight"])
 
 
 def timed(calls: dict, rounds: int) -> dict:

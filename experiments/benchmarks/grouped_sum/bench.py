@@ -220,7 +220,10 @@ def command_line(argv: list[str]) -> str:
 def library_state() -> dict:
     """The checkout's commit and which gpart_jax files differ from it (the code measured)."""
     def git(*args):
-        done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        try:
+            done = subprocess.run(["git", "-C", str(REPO), *args], capture_output=True, text=True)
+        except OSError:  # no git (a lent accelerator machine, say)
+            return None
         return done.stdout.rstrip("\n") if done.returncode == 0 else None
 
     modified = git("status", "--porcelain", "--", "gpart_jax")
