@@ -108,6 +108,20 @@ def test_manifest_records_the_partition_and_the_arrays(tmp_path, tiny, gpart_ada
     assert entries(tmp_path / "a") == [".lock", "adapter.json", md["tensors"]]
 
 
+def test_the_files_have_the_umask_permissions(tmp_path, tiny, gpart_adapter):
+    """Both files as an ordinary new file would be (safetensors' writer makes its file 0600)."""
+    base = tiny[3]
+    method, theta, head = gpart_adapter
+    old = os.umask(0o022)
+    try:
+        gj.save_adapter(tmp_path / "a", method, theta, saved=head, base_params=base)
+    finally:
+        os.umask(old)
+    tensors = gj.read_manifest(tmp_path / "a")["tensors"]
+    modes = {name: (tmp_path / "a" / name).stat().st_mode & 0o777 for name in ("adapter.json", tensors)}
+    assert modes == {"adapter.json": 0o644, tensors: 0o644}, modes
+
+
 def test_adapter_size_is_about_4d_bytes(tmp_path):
     shapes = {"encoder": {f"layer_{i}": {m: {"kernel": jax.ShapeDtypeStruct((384, 384), jnp.float32)}
                                          for m in ("query", "value")} for i in range(6)}}
