@@ -221,7 +221,7 @@ def _write_tensors(target: pathlib.Path, arrays: dict[str, np.ndarray]) -> None:
     try:
         save_file({k: np.ascontiguousarray(v) for k, v in arrays.items()}, str(staging / target.name),
                   metadata={"format": FORMAT})
-        os.chmod(staging / target.name, files._umask_mode(0o666))  # safetensors' temp is 0600
+        os.chmod(staging / target.name, files.umask_mode(0o666))  # safetensors' temp is 0600
         os.rename(staging / target.name, target)
         with open(target, "rb+") as f:
             os.fsync(f.fileno())

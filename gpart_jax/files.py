@@ -54,7 +54,8 @@ def fsync_tree(root: pathlib.Path) -> None:
     fsync_dir(root.parent)
 
 
-def _umask_mode(mode: int) -> int:
+def umask_mode(mode: int) -> int:
+    """``mode`` less the process's umask: the permissions an ordinary new file would get."""
     umask = os.umask(0)
     os.umask(umask)
     return mode & ~umask
@@ -75,7 +76,7 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> pathlib.Path:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.chmod(tmp, _umask_mode(0o666))
+        os.chmod(tmp, umask_mode(0o666))
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

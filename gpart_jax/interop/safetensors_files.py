@@ -103,7 +103,7 @@ def write_file(out: Path, write: Callable[[Path], None]) -> Path:
         write(tmp)
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
+        os.chmod(tmp, files.umask_mode(0o666))
         os.replace(tmp, out)
     except BaseException as e:
         if files.disk_full(e):
@@ -115,12 +115,6 @@ def write_file(out: Path, write: Callable[[Path], None]) -> Path:
             shutil.rmtree(staging, ignore_errors=True)
     files.fsync_dir(out.parent)
     return out
-
-
-def _umask() -> int:
-    umask = os.umask(0)
-    os.umask(umask)
-    return umask
 
 
 def write_adapter_dir(out_dir: Path, contents: Mapping[str, Callable[[Path], None]],
@@ -156,8 +150,8 @@ def write_adapter_dir(out_dir: Path, contents: Mapping[str, Callable[[Path], Non
                     write(tmp / name)
                     with open(tmp / name, "rb+") as f:
                         os.fsync(f.fileno())
-                    os.chmod(tmp / name, 0o666 & ~_umask())
-                os.chmod(tmp, 0o777 & ~_umask())
+                    os.chmod(tmp / name, files.umask_mode(0o666))
+                os.chmod(tmp, files.umask_mode(0o777))
                 files.publish_dir(tmp, out_dir)
             except BaseException as e:
                 shutil.rmtree(tmp, ignore_errors=True)
