@@ -15,14 +15,24 @@ w0, write w, read g) for every variant. The variants:
   materialized_ids     current code with ``materialize=True`` (4 bytes a weight of stored ids)
   ffi_bwd_only         current forward; backward is the C++ grouped sum (kernels.cc)
   ffi_fused            one C++ call writes ``w0 + P theta``, one computes ``P^T g``
+  current_pass_hash    ``current``'s first pass alone: every leaf's ids (4 bytes a weight written)
+  current_pass_forward ``current``'s forward from given ids: ``w0 + (theta * s)[ids]``
+  current_pass_scatter ``current``'s backward from given ids: the scatter-add of ``g``, times ``s``
   plain_w0_plus_delta  ``w0 + g`` for a given ``g`` of the same N: XLA's elementwise floor
   numpy_roof           ``np.add(a, b, out=c)`` over N float32 into a preallocated output
+
+The three ``current_pass_*`` variants are the passes the compiled ``current`` makes (its hash
+fusion writes the ids, the forward fusion and the scatter read them), each under its own ``jit``:
+they say where ``current``'s time goes. Their results are checked too: the ids against the host
+hashes, the forward and the gradient bit for bit against ``current``.
 
 Variants are timed interleaved (each round runs every variant once, round k starting at the
 k-th variant, as ``experiments.analyses.cost.time_interleaved``), so that machine noise hits
 them alike. Medians over the rounds are reported, with the process CPU time per call (user +
 sys over all threads, ``getrusage``) as core-ns per weight, which depends much less on the
-machine's load than wall time does. The roof is measured in the same rounds.
+machine's load than wall time does, and the minor page faults per call (``ru_minflt``: first
+touches of memory the allocator has just mapped, for outputs and temporaries above glibc's mmap
+threshold). The roof is measured in the same rounds.
 
 Before timing, one call of each variant is checked: the backward against a float64
 ``np.bincount`` over host-computed ids (``gpart_jax.hashing``'s numpy hashes), the forward bit
@@ -58,7 +68,9 @@ LEAVES = 10
 ROWS = 1000
 CHUNK = 1 << 16  # positions per step of jax_chunked_scatter
 VARIANTS = ("current", "jax_chunked_scatter", "materialized_ids", "ffi_bwd_only", "ffi_fused",
+            "current_pass_hash", "current_pass_forward", "current_pass_scatter",
             "plain_w0_plus_delta", "numpy_roof")
+PASSES = ("current_pass_hash", "current_pass_forward", "current_pass_scatter")
 REPO = pathlib.Path(__file__).resolve().parents[3]
 
 
@@ -156,6 +168,26 @@ REPARAMS = {
 }
 
 
+# --------------------------------------------------------------------------- current's passes
+def pass_hash(gp: gj.GPart) -> tuple:
+    """Every leaf's uint32 ids, as ``current`` computes them (``GPart._recompute_ids``)."""
+    return gp._all_recomputed_ids()
+
+
+def pass_forward(theta, scales, ids, bases) -> tuple:
+    """``w0 + (theta * s)[ids]`` per leaf, from given ids (``core._expand``'s gather)."""
+    table = theta * scales
+    return tuple(w0 + core._gather(table, i) for w0, i in zip(bases, ids, strict=True))
+
+
+def pass_scatter(scales, ids, cotangents) -> jax.Array:
+    """``P^T g`` from given ids: ``core._grouped_sum``'s scatter-adds, then the scales."""
+    summed = jnp.zeros(scales.shape, jnp.float32)
+    for i, g in zip(ids, cotangents, strict=True):
+        summed = core._scatter_add(summed, i, g)
+    return summed * scales
+
+
 # --------------------------------------------------------------------------- HLO
 def hlo_counts(text: str, leaf_numel: int) -> dict:
     """Counts of what the compiled entry computation holds.
@@ -246,6 +278,11 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def minor_faults() -> int:
+    """This process's minor page faults so far: first touches of freshly mapped memory."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
 # --------------------------------------------------------------------------- main
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -270,6 +307,10 @@ def run(args, argv: list[str]) -> dict:
     names = [v for v in VARIANTS if v in names]  # current first: the forward's reference
     if unknown:
         raise SystemExit(f"unknown variants {unknown}; choose from {', '.join(VARIANTS)}")
+    passes = [v for v in names if v in PASSES]
+    if passes and "current" not in names:
+        raise SystemExit(f"--variants: {', '.join(passes)} are checked against current; "
+                         "add current to the list")
     if any(v.startswith("ffi_") for v in names):
         kernels.register()
 
@@ -299,6 +340,15 @@ def run(args, argv: list[str]) -> dict:
         calls["plain_w0_plus_delta"] = lambda: plain(bases, cotangents)
     if "numpy_roof" in names:
         calls["numpy_roof"] = lambda: np.add(roof_a, roof_b, out=roof_out)
+    pass_fns = {"current_pass_hash": jax.jit(pass_hash),
+                "current_pass_forward": jax.jit(pass_forward),
+                "current_pass_scatter": jax.jit(pass_scatter)}
+    given_ids = jax.block_until_ready(pass_fns["current_pass_hash"](gp)) if passes else None
+    pass_args = {"current_pass_hash": (gp,),
+                 "current_pass_forward": (theta, gp.scales, given_ids, bases),
+                 "current_pass_scatter": (gp.scales, given_ids, cotangents)}
+    for name in passes:
+        calls[name] = lambda f=pass_fns[name], a=pass_args[name]: f(*a)
 
     # ---- one checked call of each variant, and its HLO
     start = time.perf_counter()
@@ -306,16 +356,16 @@ def run(args, argv: list[str]) -> dict:
     golden_s = time.perf_counter() - start
     g64 = np.concatenate([np.asarray(g, np.float64).reshape(-1) for g in cotangents])
     grad64 = np.bincount(ids, weights=g64, minlength=d) * np.asarray(gp.scales, np.float64)
-    del ids, g64
+    del g64
     grad_scale = float(np.abs(grad64).max())
-    reference_weights = None
+    reference_weights = reference_grad = None
     rows: dict = {}
     for name, step in steps.items():
         start = time.perf_counter()
         weights, grad = jax.block_until_ready(calls[name]())
         first_s = time.perf_counter() - start
         if name == "current":
-            reference_weights = weights
+            reference_weights, reference_grad = weights, grad
         compiled = step.lower(gparts[name], theta, bases, cotangents).compile()
         rows[name] = {
             "first_call_s": first_s,
@@ -331,23 +381,44 @@ def run(args, argv: list[str]) -> dict:
         print(f"{name:20s} first call {first_s:6.2f} s  grad rel err "
               f"{rows[name]['grad_max_rel_err_vs_f64']:.1e}  fwd same "
               f"{rows[name]['fwd_bit_identical_to_current']}  {rows[name]['hlo']}", flush=True)
-    del reference_weights, grad64
+    for name in passes:
+        out = jax.block_until_ready(calls[name]())
+        compiled = pass_fns[name].lower(*pass_args[name]).compile()
+        row = rows[name] = {"hlo": hlo_counts(compiled.as_text(), ROWS * cols),
+                            "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes)}
+        if name == "current_pass_hash":
+            row["ids_equal_host_hashes"] = bool(np.array_equal(
+                np.concatenate([np.asarray(i).reshape(-1) for i in out]).astype(np.int64), ids))
+        elif name == "current_pass_forward":
+            row["fwd_bit_identical_to_current"] = bool(all(
+                np.array_equal(np.asarray(a), np.asarray(b))
+                for a, b in zip(out, reference_weights, strict=True)))
+        else:
+            row["grad_bit_identical_to_current"] = bool(
+                np.array_equal(np.asarray(out), np.asarray(reference_grad)))
+            row["grad_max_rel_err_vs_f64"] = (
+                float(np.abs(np.asarray(out, np.float64) - grad64).max()) / grad_scale)
+        del out
+        print(f"{name:20s} {row}", flush=True)
+    del ids, reference_weights, reference_grad, grad64
 
     # ---- interleaved timing
     for call in calls.values():
         jax.block_until_ready(call())
     wall = {name: [] for name in calls}
     cpu = {name: [] for name in calls}
+    faults = {name: [] for name in calls}
     order = list(calls)
     load_before = os.getloadavg()
     load_rounds = []
     start_loop = time.perf_counter()
     for k in range(args.rounds):
         for name in order[k % len(order):] + order[:k % len(order)]:
-            c0, t0 = cpu_seconds(), time.perf_counter()
+            f0, c0, t0 = minor_faults(), cpu_seconds(), time.perf_counter()
             jax.block_until_ready(calls[name]())
             wall[name].append(time.perf_counter() - t0)
             cpu[name].append(cpu_seconds() - c0)
+            faults[name].append(minor_faults() - f0)
         load_rounds.append(os.getloadavg()[0])
     loop_s = time.perf_counter() - start_loop
 
@@ -363,6 +434,7 @@ def run(args, argv: list[str]) -> dict:
             "gb_s_at_12_bytes": 12 * n_total / med / 1e9,
             "pct_of_roof": 100 * roof / med if roof else None,
             "core_ns_per_weight": statistics.median(cpu[name]) / n_total * 1e9,
+            "minor_faults_per_call": statistics.median(faults[name]),
             "state_bytes_per_weight": state_bytes.get(name, 0),
         })
         print(f"{name:20s} {1e3 * med:9.1f} ms (min {1e3 * min(wall[name]):8.1f})  "

@@ -17,6 +17,8 @@ import json
 import os
 import pathlib
 import shutil
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -235,3 +237,41 @@ def test_bench_writes_its_json(built, scheme, tmp_path):
                                                    "scatter": 0, "custom_call": 2}
     assert doc["variants"]["current"]["hlo"]["scatter"] == 10
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize("scheme", ["stateless", "balanced"])
+def test_current_passes_are_checked_against_current(scheme, tmp_path):
+    """The ``current_pass_*`` variants (where ``current``'s time goes) compute what ``current``
+    does: the ids of the host hashes, its weights and its gradient bit for bit. Each pass's HLO
+    holds only its own leaf-sized arrays, as the compiled ``current`` holds them. Run as the
+    benchmark is, in a process of one device (this one has 8: the library's other indexing
+    form)."""
+    out = tmp_path / "passes.json"
+    variants = ",".join(("current", *bench.PASSES, "numpy_roof"))
+    argv = ["--n", "2e5", "--d", "2304", "--scheme", scheme, "--rounds", "1",
+            "--variants", variants, "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    done = subprocess.run([sys.executable, "-m", "experiments.benchmarks.grouped_sum.bench", *argv],
+                          cwd=bench.REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = json.loads(out.read_text())["variants"]
+    assert list(rows) == ["current", *bench.PASSES, "numpy_roof"]
+    assert rows["current_pass_hash"]["ids_equal_host_hashes"]
+    assert rows["current_pass_forward"]["fwd_bit_identical_to_current"]
+    assert rows["current_pass_scatter"]["grad_bit_identical_to_current"]
+    leaf = {"current_pass_hash": (0, 10, 0), "current_pass_forward": (10, 0, 0),
+            "current_pass_scatter": (0, 0, 10)}
+    for name, (f32, ids, scatters) in leaf.items():
+        hlo = rows[name]["hlo"]
+        assert (hlo["f32_big"], hlo["s32_big"], hlo["scatter"], hlo["copies_big"]) == (
+            f32, ids, scatters, 0), name
+        assert len(rows[name]["times_ms"]) == 1 and rows[name]["minor_faults_per_call"] >= 0
+    assert rows["current"]["hlo"] == {"f32_big": 10, "s32_big": 10, "copies_big": 0,
+                                      "scatter": 10, "custom_call": 0}
+
+
+def test_passes_need_current(tmp_path):
+    with pytest.raises(SystemExit, match="add current to the list"):
+        bench.main(["--n", "2e5", "--variants", "current_pass_scatter",
+                    "--out", str(tmp_path / "x.json")])
+    assert not (tmp_path / "x.json").exists()
