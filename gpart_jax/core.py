@@ -389,7 +389,12 @@ class GPart(Method):
         return tuple(self._recompute_ids(i) for i in range(len(self.plan.layout)))
 
     def _leaf_ids(self, i: int):
-        return self.ids[i] if self.ids is not None else self._recompute_ids(i)
+        """Leaf ``i``'s ids as the grouped gather and scatter index with them: the stored ones, or
+        the hash's, as ``uint16`` where ``_uint16_ids`` says so."""
+        if self.ids is not None:
+            return self.ids[i]
+        ids = self._recompute_ids(i)
+        return _as_uint16(ids) if _uint16_ids(self.d) else ids
 
     def global_group_ids(self) -> np.ndarray:
         """Host copy of ``g(i)`` for all ``N`` positions in global order (numpy ``int64``).
@@ -528,6 +533,34 @@ def _flat_indexing() -> bool:
     under ``vmap`` XLA may contract ``w0 + theta_g s_g`` into one FMA in one form only.
     """
     return jax.device_count() == 1
+
+
+_UINT16_IDS_MAX_D = 0xFFFF
+
+
+def _uint16_ids(d: int) -> bool:
+    """Whether recomputed ids are indexed as ``uint16``: on CPU, when every id fits (``d <=
+    0xFFFF``, the default budgets included).
+
+    The ids are the one leaf-sized buffer that GPart's compiled forward + backward makes besides
+    the adapted weights: the forward writes them, its gather and the backward's scatter read them.
+    At 2 bytes a weight instead of 4 that traffic halves (measured in
+    experiments/benchmarks/grouped_sum). Accelerators keep ``uint32`` ids: the narrow form was not
+    measured there, and a TPU works in 32-bit words.
+    """
+    return d <= _UINT16_IDS_MAX_D and jax.default_backend() == "cpu"
+
+
+def _as_uint16(ids):
+    """``uint32`` ids below ``0xFFFF`` as ``uint16``, converted inside the hash's own pass.
+
+    The remainder by ``0xFFFF`` is the identity on these ids; it is there for XLA's fusion pass.
+    A bare convert is cheap, so XLA copies it into each consumer: the forward's fusion would read
+    the ``uint32`` hash and a separate pass would convert it again for the scatter, writing 6 bytes
+    a weight instead of 4. A remainder counts as expensive and is not copied, so the hash's fusion
+    ends in it and writes the ``uint16`` ids once.
+    """
+    return lax.rem(ids.astype(jnp.uint16), np.uint16(0xFFFF))
 
 
 def _gather(table, ids):

@@ -15,7 +15,7 @@ w0, write w, read g) for every variant. The variants:
   materialized_ids     current code with ``materialize=True`` (4 bytes a weight of stored ids)
   ffi_bwd_only         current forward; backward is the C++ grouped sum (kernels.cc)
   ffi_fused            one C++ call writes ``w0 + P theta``, one computes ``P^T g``
-  current_pass_hash    ``current``'s first pass alone: every leaf's ids (4 bytes a weight written)
+  current_pass_hash    ``current``'s first pass alone: every leaf's ids (2 or 4 bytes a weight)
   current_pass_forward ``current``'s forward from given ids: ``w0 + (theta * s)[ids]``
   current_pass_scatter ``current``'s backward from given ids: the scatter-add of ``g``, times ``s``
   plain_w0_plus_delta  ``w0 + g`` for a given ``g`` of the same N: XLA's elementwise floor
@@ -170,8 +170,9 @@ REPARAMS = {
 
 # --------------------------------------------------------------------------- current's passes
 def pass_hash(gp: gj.GPart) -> tuple:
-    """Every leaf's uint32 ids, as ``current`` computes them (``GPart._recompute_ids``)."""
-    return gp._all_recomputed_ids()
+    """Every leaf's ids as ``current`` indexes with them (``GPart._leaf_ids``: uint16 on CPU when
+    d <= 0xFFFF, else uint32)."""
+    return tuple(gp._leaf_ids(i) for i in range(len(gp.layout)))
 
 
 def pass_forward(theta, scales, ids, bases) -> tuple:
@@ -192,15 +193,17 @@ def pass_scatter(scales, ids, cotangents) -> jax.Array:
 def hlo_counts(text: str, leaf_numel: int) -> dict:
     """Counts of what the compiled entry computation holds.
 
-    ``f32_big`` / ``s32_big``: instructions producing a float32 / 32-bit integer array of at
-    least one leaf's size (parameters, constants, bitcasts and tuple accesses excluded);
+    ``f32_big`` / ``s32_big`` / ``int16_big``: instructions producing a float32 / 32-bit integer /
+    16-bit integer array of at least one leaf's size (parameters, constants, bitcasts and tuple
+    accesses excluded);
     ``copies_big``: those that are copies (a layout change); ``scatter``: instructions that are
     or call a scatter; ``custom_call``: custom calls (the FFI kernels).
     """
     entry = text[text.index("\nENTRY"):]
     fused = {m.group(1): m.group(2)
              for m in re.finditer(r"\n(%[\w.\-]+) \([^\n]*\{\n(.*?)\n\}", text, re.S)}
-    counts = {"f32_big": 0, "s32_big": 0, "copies_big": 0, "scatter": 0, "custom_call": 0}
+    counts = {"f32_big": 0, "s32_big": 0, "int16_big": 0, "copies_big": 0, "scatter": 0,
+              "custom_call": 0}
     for line in entry.splitlines()[1:]:
         if "custom-call" in line:
             counts["custom_call"] += 1
@@ -219,6 +222,8 @@ def hlo_counts(text: str, leaf_numel: int) -> dict:
                 counts["f32_big"] += 1
             elif dtype in ("s32", "u32"):
                 counts["s32_big"] += 1
+            elif dtype in ("s16", "u16"):
+                counts["int16_big"] += 1
             root = re.search(r"ROOT %[\w.\-]+ = [^ ]+ (\w[\w-]*)\(", body)
             if " copy(" in line or (root and root.group(1) == "copy"):
                 counts["copies_big"] += 1

@@ -233,8 +233,8 @@ def test_bench_writes_its_json(built, scheme, tmp_path):
             assert row["fwd_bit_identical_to_current"], name
             assert row["grad_max_rel_err_vs_f64"] < 1e-5, name
     assert doc["variants"]["numpy_roof"]["pct_of_roof"] == 100
-    assert doc["variants"]["ffi_fused"]["hlo"] == {"f32_big": 0, "s32_big": 0, "copies_big": 0,
-                                                   "scatter": 0, "custom_call": 2}
+    assert doc["variants"]["ffi_fused"]["hlo"] == {"f32_big": 0, "s32_big": 0, "int16_big": 0,
+                                                   "copies_big": 0, "scatter": 0, "custom_call": 2}
     assert doc["variants"]["current"]["hlo"]["scatter"] == 10
     assert not list(tmp_path.glob(".*.tmp"))
 
@@ -262,12 +262,12 @@ def test_current_passes_are_checked_against_current(scheme, tmp_path):
     leaf = {"current_pass_hash": (0, 10, 0), "current_pass_forward": (10, 0, 0),
             "current_pass_scatter": (0, 0, 10)}
     for name, (f32, ids, scatters) in leaf.items():
-        hlo = rows[name]["hlo"]
-        assert (hlo["f32_big"], hlo["s32_big"], hlo["scatter"], hlo["copies_big"]) == (
-            f32, ids, scatters, 0), name
+        hlo = rows[name]["hlo"]  # d = 2304: uint16 ids
+        assert (hlo["f32_big"], hlo["s32_big"], hlo["int16_big"], hlo["scatter"],
+                hlo["copies_big"]) == (f32, 0, ids, scatters, 0), name
         assert len(rows[name]["times_ms"]) == 1 and rows[name]["minor_faults_per_call"] >= 0
-    assert rows["current"]["hlo"] == {"f32_big": 10, "s32_big": 10, "copies_big": 0,
-                                      "scatter": 10, "custom_call": 0}
+    assert rows["current"]["hlo"] == {"f32_big": 10, "s32_big": 0, "int16_big": 10,
+                                      "copies_big": 0, "scatter": 10, "custom_call": 0}
 
 
 def test_passes_need_current(tmp_path):
