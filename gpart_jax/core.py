@@ -557,8 +557,9 @@ def _as_uint16(ids):
     The remainder by ``0xFFFF`` is the identity on these ids; it is there for XLA's fusion pass.
     A bare convert is cheap, so XLA copies it into each consumer: the forward's fusion would read
     the ``uint32`` hash and a separate pass would convert it again for the scatter, writing 6 bytes
-    a weight instead of 4. A remainder counts as expensive and is not copied, so the hash's fusion
-    ends in it and writes the ``uint16`` ids once.
+    a weight (the ``uint32`` ids and their ``uint16`` copy) instead of 2. A remainder counts as
+    expensive and is not copied, so the hash's fusion ends in it and writes the ``uint16`` ids
+    once.
     """
     return lax.rem(ids.astype(jnp.uint16), np.uint16(0xFFFF))
 
