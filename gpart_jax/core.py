@@ -535,7 +535,7 @@ def _flat_indexing() -> bool:
     return jax.device_count() == 1
 
 
-_UINT16_IDS_MAX_D = 0xFFFF
+_UINT16_IDS_MAX_D = 0xFFFF  # ids < d <= this: a remainder by it is the identity (_as_uint16)
 
 
 def _uint16_ids(d: int) -> bool:
@@ -552,16 +552,18 @@ def _uint16_ids(d: int) -> bool:
 
 
 def _as_uint16(ids):
-    """``uint32`` ids below ``0xFFFF`` as ``uint16``, converted inside the hash's own pass.
+    """``uint32`` ids below ``_UINT16_IDS_MAX_D`` as ``uint16``, converted inside the hash's own
+    pass.
 
-    The remainder by ``0xFFFF`` is the identity on these ids; it is there for XLA's fusion pass.
+    The remainder by ``_UINT16_IDS_MAX_D`` is the identity on these ids; it is there for XLA's
+    fusion pass.
     A bare convert is cheap, so XLA copies it into each consumer: the forward's fusion would read
     the ``uint32`` hash and a separate pass would convert it again for the scatter, writing 6 bytes
     a weight (the ``uint32`` ids and their ``uint16`` copy) instead of 2. A remainder counts as
     expensive and is not copied, so the hash's fusion ends in it and writes the ``uint16`` ids
     once.
     """
-    return lax.rem(ids.astype(jnp.uint16), np.uint16(0xFFFF))
+    return lax.rem(ids.astype(jnp.uint16), np.uint16(_UINT16_IDS_MAX_D))
 
 
 def _gather(table, ids):

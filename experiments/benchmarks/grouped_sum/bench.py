@@ -230,6 +230,12 @@ def hlo_counts(text: str, leaf_numel: int) -> dict:
     return counts
 
 
+def bit_identical(leaves, reference) -> bool:
+    """Whether two tuples of arrays are equal bit for bit, leaf by leaf."""
+    return all(np.array_equal(np.asarray(a), np.asarray(b))
+               for a, b in zip(leaves, reference, strict=True))
+
+
 # --------------------------------------------------------------------------- the run's context
 def golden_ids(gp: gj.GPart) -> np.ndarray:
     """Every position's group id from the host (numpy uint64) hashes, leaf after leaf."""
@@ -376,9 +382,8 @@ def run(args, argv: list[str]) -> dict:
             "first_call_s": first_s,
             "grad_max_rel_err_vs_f64":
                 float(np.abs(np.asarray(grad, np.float64) - grad64).max()) / grad_scale,
-            "fwd_bit_identical_to_current": None if reference_weights is None else bool(all(
-                np.array_equal(np.asarray(a), np.asarray(b))
-                for a, b in zip(weights, reference_weights, strict=True))),
+            "fwd_bit_identical_to_current":
+                None if reference_weights is None else bit_identical(weights, reference_weights),
             "hlo": hlo_counts(compiled.as_text(), ROWS * cols),
             "temp_bytes": int(compiled.memory_analysis().temp_size_in_bytes),
         }
@@ -395,9 +400,7 @@ def run(args, argv: list[str]) -> dict:
             row["ids_equal_host_hashes"] = bool(np.array_equal(
                 np.concatenate([np.asarray(i).reshape(-1) for i in out]).astype(np.int64), ids))
         elif name == "current_pass_forward":
-            row["fwd_bit_identical_to_current"] = bool(all(
-                np.array_equal(np.asarray(a), np.asarray(b))
-                for a, b in zip(out, reference_weights, strict=True)))
+            row["fwd_bit_identical_to_current"] = bit_identical(out, reference_weights)
         else:
             row["grad_bit_identical_to_current"] = bool(
                 np.array_equal(np.asarray(out), np.asarray(reference_grad)))
